@@ -1,0 +1,178 @@
+"""Configuration of LLaDA (masked-diffusion LM, GSAI-ML) with support-basis hybrid attention.
+
+Field names follow the official LLaDA-8B-Instruct ``config.json`` (an OLMo-style config), so the official file
+loads unchanged; the hybrid-attention fields are added:
+
+    hybrid_exact_ratio       float in [0, 1]   share of each head's scores weighted exactly (1.0 = exact attention)
+    hybrid_chebyshev_degree  int >= 1          degree of the Chebyshev approximation of exp for the rest
+    hybrid_num_samples       int >= 1          scores sampled per head to place the thresholds (see hybrid_attention)
+
+They are validated when the config is built (at load) and whenever they are set later, and the model reads them
+at every forward: ``model.config.hybrid_chebyshev_degree = 4`` changes the next forward.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+try:  # remote code: transformers copies the sibling files named in these relative imports
+    from .hybrid_attention import DEFAULT_NUM_SAMPLES, validate_chebyshev_degree, validate_exact_ratio
+except ImportError:  # the same file imported from the repository root (through its symlinks)
+    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
+
+    _op = importlib.import_module("hybrid_attention")
+    DEFAULT_NUM_SAMPLES = _op.DEFAULT_NUM_SAMPLES
+    validate_chebyshev_degree, validate_exact_ratio = _op.validate_chebyshev_degree, _op.validate_exact_ratio
+
+
+def _validate_num_samples(value, name="hybrid_num_samples"):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return value
+
+
+_HYBRID_VALIDATORS = {
+    "hybrid_exact_ratio": validate_exact_ratio,
+    "hybrid_chebyshev_degree": validate_chebyshev_degree,
+    "hybrid_num_samples": _validate_num_samples,
+}
+
+# What this implementation supports of the OLMo-style options (the official checkpoint uses exactly these).
+_SUPPORTED = {
+    "block_type": ("llama",),
+    "layer_norm_type": ("rms",),
+    "activation_type": ("silu",),
+    "alibi": (False,),
+    "rope": (True,),
+    "attention_layer_norm": (False,),
+    "multi_query_attention": (None, False),
+}
+
+
+class LLaDAConfig(PretrainedConfig):
+    """LLaDA architecture + hybrid-attention knobs. Defaults are those of LLaDA-8B-Instruct."""
+
+    model_type = "llada"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_key_value_heads": "n_kv_heads",
+        "num_hidden_layers": "n_layers",
+        "intermediate_size": "mlp_hidden_size",
+        "max_position_embeddings": "max_sequence_length",
+    }
+
+    def __init__(
+        self,
+        d_model: int = 4096,
+        n_heads: int = 32,
+        n_kv_heads: int | None = None,
+        n_layers: int = 32,
+        mlp_ratio: int = 4,
+        mlp_hidden_size: int | None = 12288,
+        vocab_size: int = 126464,
+        embedding_size: int | None = 126464,
+        max_sequence_length: int = 4096,
+        rope_theta: float = 500000.0,
+        rope_full_precision: bool = True,
+        rms_norm_eps: float = 1e-5,
+        include_bias: bool = False,
+        include_qkv_bias: bool = False,
+        bias_for_layer_norm: bool | None = False,
+        layer_norm_with_affine: bool = True,
+        weight_tying: bool = False,
+        input_emb_norm: bool = False,
+        scale_logits: bool = False,
+        block_type: str = "llama",
+        layer_norm_type: str = "rms",
+        activation_type: str = "silu",
+        alibi: bool = False,
+        rope: bool = True,
+        attention_layer_norm: bool = False,
+        multi_query_attention: bool | None = None,
+        init_std: float = 0.02,
+        mask_token_id: int = 126336,
+        eos_token_id: int = 126081,
+        pad_token_id: int = 126081,
+        bos_token_id: int | None = 126080,
+        use_cache: bool = False,
+        hybrid_exact_ratio: float = 0.2,
+        hybrid_chebyshev_degree: int = 6,
+        hybrid_num_samples: int = DEFAULT_NUM_SAMPLES,
+        **kwargs,
+    ):
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.n_layers = n_layers
+        self.mlp_ratio = mlp_ratio
+        self.mlp_hidden_size = mlp_hidden_size
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.max_sequence_length = max_sequence_length
+        self.rope_theta = rope_theta
+        self.rope_full_precision = rope_full_precision
+        self.rms_norm_eps = rms_norm_eps
+        self.include_bias = include_bias
+        self.include_qkv_bias = include_qkv_bias
+        self.bias_for_layer_norm = bias_for_layer_norm
+        self.layer_norm_with_affine = layer_norm_with_affine
+        self.weight_tying = weight_tying
+        self.input_emb_norm = input_emb_norm
+        self.scale_logits = scale_logits
+        self.block_type = block_type
+        self.layer_norm_type = layer_norm_type
+        self.activation_type = activation_type
+        self.alibi = alibi
+        self.rope = rope
+        self.attention_layer_norm = attention_layer_norm
+        self.multi_query_attention = multi_query_attention
+        self.init_std = init_std
+        self.mask_token_id = mask_token_id
+        # LLaDA never caches keys/values (every diffusion step re-reads the whole sequence); transformers 5.x
+        # no longer defines this attribute on the base class, and parts of transformers still read it.
+        self.use_cache = use_cache
+        self.hybrid_exact_ratio = hybrid_exact_ratio
+        self.hybrid_chebyshev_degree = hybrid_chebyshev_degree
+        self.hybrid_num_samples = hybrid_num_samples
+        kwargs.setdefault("tie_word_embeddings", weight_tying)
+        super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id, **kwargs)
+        self._check_architecture()
+
+    def __setattr__(self, name, value):
+        validator = _HYBRID_VALIDATORS.get(name)
+        if validator is not None:
+            value = validator(_integral(value) if name != "hybrid_exact_ratio" else value, name)
+        super().__setattr__(name, value)
+
+    def _check_architecture(self):
+        for name, allowed in _SUPPORTED.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported by this LLaDA implementation "
+                    f"(supported: {', '.join(repr(a) for a in allowed)})"
+                )
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.effective_n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+
+    @property
+    def effective_n_kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def effective_mlp_hidden_size(self) -> int:
+        return self.mlp_hidden_size if self.mlp_hidden_size is not None else self.mlp_ratio * self.d_model
+
+    @property
+    def effective_embedding_size(self) -> int:
+        return self.embedding_size if self.embedding_size is not None else self.vocab_size
+
+
+def _integral(value):
+    """Accept 6.0 (e.g. from JSON or a command line) as 6; leave everything else for the validator to judge."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

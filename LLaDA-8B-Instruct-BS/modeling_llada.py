@@ -1,0 +1,299 @@
+"""LLaDA (a masked-diffusion language model, GSAI-ML) with support-basis hybrid attention.
+
+The architecture and every parameter name match the official LLaDA-8B-Instruct checkpoint
+(``model.transformer.{wte, blocks.N.{attn_norm, q_proj, k_proj, v_proj, attn_out, ff_norm, ff_proj, up_proj,
+ff_out}, ln_f, ff_out}``), so the official safetensors shards load unchanged. Attention is bidirectional (no
+causal mask) and goes through ``hybrid_attention`` with the knobs read from the config at every forward:
+
+    config.hybrid_exact_ratio / hybrid_chebyshev_degree / hybrid_num_samples
+        -> LLaDAAttention.forward (reads self.config, the model's own config object)
+        -> hybrid_attention(q, k, v, mask, exact_ratio=..., chebyshev_degree=...)   (ratio 1.0 = exact SDPA)
+
+Works on transformers 4.49 and 5.x, loaded with ``AutoModel.from_pretrained(dir, trust_remote_code=True,
+dtype=...)`` (``torch_dtype=`` too), and with ``device_map="auto"``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+try:  # remote code: transformers copies the sibling files named in these relative imports
+    from .configuration_llada import LLaDAConfig
+    from .hybrid_attention import hybrid_attention
+except ImportError:  # the same file imported from the repository root (through its symlinks)
+    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
+
+    LLaDAConfig = importlib.import_module("configuration_llada").LLaDAConfig
+    hybrid_attention = importlib.import_module("hybrid_attention").hybrid_attention
+
+__all__ = ["LLaDAModelLM", "LLaDAModel", "LLaDABlock", "LLaDAConfig"]
+
+
+class RMSNorm(nn.Module):
+    """RMS layer norm computed in fp32, cast back, then scaled (as the official OLMo-style RMSLayerNorm)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``(cos, sin)``, each ``(B, 1, L, head_dim)``, for integer ``positions (B, L)`` (half-split RoPE)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    freqs = positions.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x (B, H, L, hd)`` in fp32 (``rope_full_precision``) and return it in its own dtype."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
+class LLaDAAttention(nn.Module):
+    """The attention half of a block: q/k/v projections, RoPE, hybrid attention. The one call site of the op."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.config = config  # the model's config object itself: later edits of the knobs reach every forward
+        bias = config.include_bias or config.include_qkv_bias
+        head_dim = config.d_model // config.n_heads
+        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=bias)
+        self.k_proj = nn.Linear(config.d_model, config.effective_n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.d_model, config.effective_n_kv_heads * head_dim, bias=bias)
+        self.attn_out = nn.Linear(config.d_model, config.d_model, bias=config.include_bias)
+
+    def attend(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None):
+        """``x (B, L, d_model)`` -> ``(B, L, d_model)``; ``mask`` is bool/float broadcastable to (B, H, L, L)."""
+        b, l, _ = x.shape
+        cfg = self.config
+        hd = cfg.d_model // cfg.n_heads
+        q = self.q_proj(x).view(b, l, cfg.n_heads, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, l, cfg.effective_n_kv_heads, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, l, cfg.effective_n_kv_heads, hd).transpose(1, 2)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = hybrid_attention(
+            q,
+            k,
+            v,
+            mask,
+            exact_ratio=cfg.hybrid_exact_ratio,
+            chebyshev_degree=cfg.hybrid_chebyshev_degree,
+            num_samples=cfg.hybrid_num_samples,
+        )
+        return self.attn_out(out.transpose(1, 2).reshape(b, l, cfg.d_model))
+
+
+class LLaDABlock(LLaDAAttention):
+    """A Llama-style block: ``x + Attn(RMSNorm(x))``, then ``+ W_out(silu(W_ff h) * W_up h)`` of ``RMSNorm``.
+
+    The attention projections live directly on the block (``blocks.N.q_proj`` ...) as in the checkpoint.
+    """
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        hidden = config.effective_mlp_hidden_size
+        self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.ff_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.ff_proj = nn.Linear(config.d_model, hidden, bias=config.include_bias)
+        self.up_proj = nn.Linear(config.d_model, hidden, bias=config.include_bias)
+        self.ff_out = nn.Linear(hidden, config.d_model, bias=config.include_bias)
+
+    def forward(self, x, rotary, mask):
+        x = x + self.attend(self.attn_norm(x), rotary, mask)
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class LLaDAModel(nn.Module):
+    """Embedding, blocks, final norm and output projection under ``transformer`` (checkpoint layout)."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.effective_embedding_size, config.d_model),
+                blocks=nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers)),
+                ln_f=RMSNorm(config.d_model, config.rms_norm_eps),
+            )
+        )
+        if not config.weight_tying:
+            self.transformer["ff_out"] = nn.Linear(
+                config.d_model, config.effective_embedding_size, bias=config.include_bias
+            )
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, attention_bias=None,
+                position_ids=None, output_hidden_states=False):
+        x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.input_emb_norm:
+            x = x * (self.config.d_model**0.5)
+        b, l = x.shape[:2]
+        if l > self.config.max_sequence_length:
+            raise ValueError(
+                f"input length {l} exceeds the model's max_sequence_length ({self.config.max_sequence_length})"
+            )
+        mask, positions = _attention_inputs(attention_mask, attention_bias, position_ids, b, l, x.device)
+        rotary = rotary_tables(positions, self.config.d_model // self.config.n_heads, self.config.rope_theta)
+        hidden = []
+        for block in self.transformer.blocks:
+            if output_hidden_states:
+                hidden.append(x)
+            x = block(x, rotary, mask)
+        x = self.transformer.ln_f(x)
+        if output_hidden_states:
+            hidden.append(x)
+        if self.config.weight_tying:
+            logits = F.linear(x, self.transformer.wte.weight)
+        else:
+            logits = self.transformer.ff_out(x)
+        if self.config.scale_logits:
+            logits = logits * (1 / math.sqrt(self.config.d_model))
+        return logits, (tuple(hidden) if output_hidden_states else None)
+
+
+def _attention_inputs(attention_mask, attention_bias, position_ids, b, l, device):
+    """The mask handed to every attention call, and RoPE positions ``(B, L)``.
+
+    A 2-D padding mask ``(B, L)`` (1 = token) masks padded keys AND padded queries, so that padding never
+    enters a head's score statistics: a padded row outputs 0 and a sequence's output is independent of the
+    padding of its batch. Positions then count real tokens only (RoPE is relative, so this equals the official
+    absolute positions up to rounding). A 4-D ``attention_mask`` or ``attention_bias`` (bool, True = attend, or
+    additive float) is used as given (combined with each other if both are given).
+    """
+    mask = None
+    if attention_mask is not None and attention_mask.dim() == 2:
+        if attention_mask.shape != (b, l):
+            raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not match input {(b, l)}")
+        keep = attention_mask.to(device=device).bool()
+        mask = (keep[:, :, None] & keep[:, None, :])[:, None]
+        if position_ids is None:
+            position_ids = (keep.long().cumsum(-1) - 1).clamp_min(0)
+    elif attention_mask is not None:
+        mask = attention_mask.to(device)
+    if attention_bias is not None:
+        mask = attention_bias.to(device) if mask is None else _combine_masks(mask, attention_bias.to(device))
+    if position_ids is None:
+        position_ids = torch.arange(l, device=device)[None].expand(b, l)
+    return mask, position_ids.to(device)
+
+
+def _combine_masks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    def as_bias(m):
+        return torch.zeros(m.shape, device=m.device).masked_fill(~m, -math.inf) if m.dtype == torch.bool else m.float()
+    return as_bias(a) + as_bias(b)
+
+
+class LLaDAModelLM(PreTrainedModel):
+    """Hugging Face wrapper: ``forward`` returns ``CausalLMOutputWithPast`` with logits ``(B, L, vocab)``.
+
+    LLaDA predicts every masked position at once (no KV cache, no left-to-right decoding); sample with the
+    diffusion sampler (``generate.py`` in the project repository), not with ``model.generate``.
+    """
+
+    config_class = LLaDAConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LLaDABlock"]
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def __init__(self, config: LLaDAConfig, *args, **kwargs):
+        super().__init__(config)
+        self.model = LLaDAModel(config)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers < 4.56 only knows `torch_dtype`; accept the modern `dtype` everywhere
+        if "dtype" in kwargs and not _accepts_dtype_kwarg():
+            kwargs["torch_dtype"] = kwargs.pop("dtype")
+        return super().from_pretrained(*args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Truncated normal ``std = 1/sqrt(fan_in)`` (the checkpoint's "mitchell" init) for random models."""
+        if isinstance(module, nn.Linear):
+            std = 1.0 / math.sqrt(module.in_features)
+            nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            std = 1.0 / math.sqrt(module.embedding_dim)
+            nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def get_input_embeddings(self):
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value):
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self):
+        return None if self.config.weight_tying else self.model.transformer.ff_out
+
+    def set_output_embeddings(self, value):
+        self.model.transformer.ff_out = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """``input_ids (B, L)`` -> logits ``(B, L, vocab)``.
+
+        ``attention_mask``: ``(B, L)`` padding mask (1 = token) or a 4-D bool/float mask; ``attention_bias``:
+        the official model's 4-D bias argument. ``labels`` are not used: the masked-diffusion loss needs the
+        masking ratio of each sequence, so it is computed by the caller.
+        """
+        if past_key_values is not None or use_cache:
+            raise ValueError("LLaDA has no key/value cache: every diffusion step reads the whole sequence")
+        if output_attentions:
+            raise ValueError("output_attentions is not available: hybrid attention never forms the weight matrix")
+        if labels is not None:
+            warnings.warn("LLaDA ignores `labels`: compute the masked-diffusion loss outside the model", stacklevel=2)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        logits, hidden = self.model(
+            input_ids, inputs_embeds, attention_mask, attention_bias, position_ids, bool(output_hidden_states)
+        )
+        if return_dict is False:
+            return (logits,) + ((hidden,) if hidden is not None else ())
+        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden)
+
+
+def _accepts_dtype_kwarg() -> bool:
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return (major, minor) >= (4, 56)

@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Write a tiny random LLaDA-BS model directory: same code, small config, a small tokenizer.
+
+    python scripts/make_tiny_model.py OUT_DIR [--d-model 64 --n-layers 2 --n-heads 4 ...]
+
+The directory loads offline in about a second with ``AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)``
+and ``AutoTokenizer.from_pretrained(OUT_DIR)``. Its tokenizer is a byte-level BPE trained here on a built-in
+paragraph; it carries LLaDA's special tokens (``<|mdm_mask|>``, ``<|eot_id|>``, the header tokens, BOS/EOS) and
+LLaDA's chat template, and the config's ``mask_token_id`` / ``eos_token_id`` / ``pad_token_id`` point at them.
+The weights are random: whatever the model generates is noise. For tests, demos and smoke runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CODE_DIR = REPO / "LLaDA-8B-Instruct-BS"
+CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
+
+# LLaDA-8B-Instruct's chat template (Llama-3 style headers, BOS before the first message).
+CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+
+# LLaDA's special tokens, in the order of their official ids (126080 ...); here they follow the small vocabulary.
+SPECIAL_TOKENS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "[CLS]",
+    "[gMASK]",
+    "<|mdm_mask|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<role>",
+    "</role>",
+    "<|arithmetic_start|>",
+    "<|arithmetic_end|>",
+    "<|number_start|>",
+    "<|number_end|>",
+]
+
+CORPUS = """\
+Question: Which of these is a source of light? A. the Moon B. the Sun C. a mirror D. a window
+Answer: B
+The answer is the letter of the correct choice. Large language models read text as tokens.
+A masked diffusion model starts from a sequence of mask tokens and reveals the answer step by step,
+keeping its most confident predictions at every step. Attention compares every query with every key.
+Science questions ask about plants, animals, energy, forces, the water cycle, rocks and the weather.
+Mathematics questions ask about numbers, shapes, equations, probability and functions 0 1 2 3 4 5 6 7 8 9.
+History, law, medicine, physics, chemistry and biology are subjects of the MMLU benchmark.
+What happens next? She picks up the ball and throws it to her friend, who catches it with both hands.
+"""
+
+
+def build_tokenizer(vocab_size: int):
+    """A byte-level BPE with LLaDA's special tokens appended; returns a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        cls_token="[CLS]",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    *,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    mlp_hidden_size: int | None = None,
+    vocab_size: int = 512,
+    max_sequence_length: int = 1024,
+    seed: int = 0,
+    exact_ratio: float = 0.2,
+    chebyshev_degree: int = 6,
+    dtype: str = "float32",
+) -> Path:
+    """Write the directory and return its path. Deterministic for a given seed."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from configuration_llada import LLaDAConfig
+    from modeling_llada import LLaDAModelLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = LLaDAConfig(
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        mlp_hidden_size=mlp_hidden_size or 2 * d_model,
+        vocab_size=len(tokenizer),
+        embedding_size=len(tokenizer),
+        max_sequence_length=max_sequence_length,
+        mask_token_id=ids["<|mdm_mask|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|startoftext|>"],
+        hybrid_exact_ratio=exact_ratio,
+        hybrid_chebyshev_degree=chebyshev_degree,
+        architectures=["LLaDAModelLM"],
+        auto_map={
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModel": "modeling_llada.LLaDAModelLM",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
+    )
+    torch.manual_seed(seed)
+    model = LLaDAModelLM(config).to(getattr(torch, dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    for name in CODE_FILES:  # the model directory's own files: a generated artifact, like the weights
+        shutil.copyfile(MODEL_CODE_DIR / name, out / name)
+    _normalise_config(out / "config.json", dtype)
+    _write_tokenizer_config(out, max_sequence_length)
+    return out
+
+
+def _write_tokenizer_config(out: Path, max_length: int):
+    """The tokenizer config in the official checkpoint's portable form (read by transformers 4.49 and 5.x)."""
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "cls_token": "[CLS]",
+        "additional_special_tokens": SPECIAL_TOKENS[4:],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "cls_token")}, indent=2) + "\n"
+    )
+
+
+def _normalise_config(path: Path, dtype: str):
+    """Keep the written config loadable by transformers 4.49 and 5.x alike (both spell the dtype key)."""
+    cfg = json.loads(path.read_text())
+    cfg["torch_dtype"] = dtype
+    cfg.pop("dtype", None)
+    cfg.pop("transformers_version", None)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", help="directory to write (created if missing)")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-kv-heads", type=int, default=None)
+    p.add_argument("--mlp-hidden-size", type=int, default=None, help="default: 2 * d_model")
+    p.add_argument("--vocab-size", type=int, default=512, help="tokenizer size, special tokens included")
+    p.add_argument("--max-sequence-length", type=int, default=1024)
+    p.add_argument("--exact-ratio", type=float, default=0.2)
+    p.add_argument("--chebyshev-degree", type=int, default=6)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.vocab_size < 300:
+        p.error(f"--vocab-size must be at least 300 (256 bytes + special tokens + merges); got {a.vocab_size}")
+    out = make_tiny_model(
+        a.out_dir,
+        d_model=a.d_model,
+        n_layers=a.n_layers,
+        n_heads=a.n_heads,
+        n_kv_heads=a.n_kv_heads,
+        mlp_hidden_size=a.mlp_hidden_size,
+        vocab_size=a.vocab_size,
+        max_sequence_length=a.max_sequence_length,
+        seed=a.seed,
+        exact_ratio=a.exact_ratio,
+        chebyshev_degree=a.chebyshev_degree,
+        dtype=a.dtype,
+    )
+    print(f"wrote a tiny random LLaDA-BS model to {out} (random weights: its text is noise)")
+
+
+if __name__ == "__main__":
+    main()

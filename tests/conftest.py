@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests run offline on tiny random models built here and on small fixture files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# The fused kernel costs ~30 s of compilation per process; tests exercise the identical eager definition, and
+# test_hybrid_attention.py::test_compiled_kernel_matches_eager checks the two agree.
+os.environ.setdefault("HYBRID_ATTENTION_COMPILE", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "llada-8b-instruct"
+sys.path.insert(0, str(REPO / "scripts"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """The official checkpoint's metadata (config, parameter index, tokenizer config), when ../shared exists."""
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip("../shared/reference/llada-8b-instruct is not present")
+    return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaDA-BS directory (2 layers, d_model 64, 4 heads), built once per session."""
+    from make_tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llada-bs", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """A fresh, seeded generator per test (fresh random inputs, reproducible failures)."""
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _inference_only():
+    """Nothing here trains: run every test without autograd bookkeeping."""
+    with torch.no_grad():
+        yield

@@ -1,0 +1,303 @@
+"""The op against its float64 reference, and every clause of its contract."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hybrid_attention as ha
+from hybrid_attention import hybrid_attention, hybrid_attention_reference, hybrid_thresholds
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def qkv(rng, b, h, hkv, lq, lk, d, dtype=torch.float32, q_scale=1.5, dv=None):
+    q = (torch.randn(b, h, lq, d, generator=rng) * q_scale).to(dtype)
+    k = torch.randn(b, hkv, lk, d, generator=rng).to(dtype)
+    v = torch.randn(b, hkv, lk, dv or d, generator=rng).to(dtype)
+    return q, k, v
+
+
+def make_mask(kind: str, rng, b, lq, lk):
+    if kind == "none":
+        return None
+    if kind == "key_padding":  # (B, 1, 1, Lk) bool, as many HF models pass it
+        keep = torch.ones(b, 1, 1, lk, dtype=torch.bool)
+        keep[0, ..., : lk // 3] = False
+        return keep
+    if kind == "random_bool":
+        m = torch.rand(b, 1, lq, lk, generator=rng) > 0.3
+        m[:, :, 1] = False  # a fully masked row
+        return m
+    if kind == "causal":
+        return torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq)
+    if kind == "float_bias":  # real-valued bias plus HF-style finfo.min masking
+        bias = torch.randn(b, 1, lq, lk, generator=rng)
+        bias[..., -2:] = torch.finfo(torch.float32).min
+        return bias
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fast op == reference (grids small enough that the thresholds are the exact k-th values)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 37, 37, 16), (1, 8, 2, 20, 45, 32), (3, 2, 1, 64, 64, 8)])
+@pytest.mark.parametrize("mask_kind", ["none", "key_padding", "random_bool", "causal", "float_bias"])
+@pytest.mark.parametrize("ratio,degree", [(0.2, 6), (0.2, 4), (0.0, 6), (0.5, 2), (0.1, 1), (0.3, 10)])
+def test_matches_float64_reference(rng, shape, mask_kind, ratio, degree):
+    b, h, hkv, lq, lk, d = shape
+    q, k, v = qkv(rng, b, h, hkv, lq, lk, d)
+    mask = make_mask(mask_kind, rng, b, lq, lk)
+    ref = hybrid_attention_reference(q, k, v, mask, exact_ratio=ratio, chebyshev_degree=degree)
+    # float64 inputs isolate the logic from rounding; fp32 is the production precision
+    out64 = hybrid_attention(q.double(), k.double(), v.double(), mask, exact_ratio=ratio, chebyshev_degree=degree)
+    out32 = hybrid_attention(q, k, v, mask, exact_ratio=ratio, chebyshev_degree=degree)
+    assert out32.dtype == torch.float32 and out32.shape == (b, h, lq, d)
+    assert rel_err(out64, ref) < 1e-9
+    assert rel_err(out32, ref) < 5e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+def test_half_precision_inputs(rng, dtype, tol):
+    q, k, v = qkv(rng, 2, 4, 2, 40, 40, 32, dtype=dtype)
+    mask = make_mask("key_padding", rng, 2, 40, 40)
+    out = hybrid_attention(q, k, v, mask, exact_ratio=0.2, chebyshev_degree=6)
+    assert out.dtype == dtype
+    ref = hybrid_attention_reference(q, k, v, mask, exact_ratio=0.2, chebyshev_degree=6)
+    assert rel_err(out, ref) < tol
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "random_bool", "float_bias", "causal"])
+def test_ratio_one_is_exact_softmax(rng, mask_kind):
+    q, k, v = qkv(rng, 2, 4, 2, 30, 30, 16)
+    mask = make_mask(mask_kind, rng, 2, 30, 30)
+    out = hybrid_attention(q, k, v, mask, exact_ratio=1.0, chebyshev_degree=6)
+    ref = hybrid_attention_reference(q, k, v, mask, exact_ratio=1.0, chebyshev_degree=6)
+    assert rel_err(out, ref) < 2e-6
+    if mask_kind == "random_bool":
+        assert torch.all(out[:, :, 1] == 0)  # fully masked row
+
+
+def test_high_degree_approaches_exact(rng):
+    """With every score approximated, raising the degree drives the output to exact attention."""
+    q, k, v = qkv(rng, 1, 2, 2, 48, 48, 16, q_scale=1.0)
+    exact = hybrid_attention_reference(q, k, v, exact_ratio=1.0, chebyshev_degree=1)
+    errs = [rel_err(hybrid_attention(q, k, v, exact_ratio=0.0, chebyshev_degree=g), exact) for g in (2, 4, 8, 12)]
+    assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-5, errs
+
+
+def test_chebyshev_fit_matches_least_squares_on_4096_nodes():
+    t = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    for half in (0.3, 2.0, 7.5):
+        for degree in (1, 3, 6, 12):
+            a = ha._exp_monomial_coefficients(torch.tensor([half], dtype=torch.float64), degree)[0]
+            fast = sum(a[j] * t**j for j in range(degree + 1))
+            ref = ha._chebval(t, ha._reference_chebfit_exp(-half, half, degree))
+            assert (fast - ref).abs().max() < 1e-11 * math.exp(0)  # exp(s - hi) <= 1 on the interval
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the contract's clauses
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def attention_weights(q, k, mask, **kw):
+    """The op's weight matrix, read out by attending to one-hot values (V = identity)."""
+    b, _, _, _ = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    eye = torch.eye(lk, dtype=q.dtype).expand(b, hkv, lk, lk)
+    return hybrid_attention(q, k, eye, mask, **kw)
+
+
+@pytest.mark.parametrize("ratio,degree", [(0.2, 6), (0.0, 2), (0.4, 1)])
+def test_weights_nonnegative_rows_sum_to_one_masked_pairs_zero(rng, ratio, degree):
+    q, k, _ = qkv(rng, 2, 3, 3, 25, 25, 8, q_scale=3.0)
+    mask = make_mask("random_bool", rng, 2, 25, 25)
+    w = attention_weights(q, k, mask, exact_ratio=ratio, chebyshev_degree=degree)
+    assert torch.all(w >= 0)
+    valid_rows = mask.any(-1).expand(2, 3, 25)
+    sums = w.sum(-1)
+    assert torch.allclose(sums[valid_rows], torch.ones(()), atol=1e-5)
+    assert torch.all(sums[~valid_rows] == 0)
+    assert torch.all(w[~mask.expand_as(w)] == 0)
+
+
+def test_realised_exact_fraction_follows_the_contract(rng):
+    """Small grid: exactly floor(ratio/2 * n) scores at each end fall outside the interval."""
+    q, k, _ = qkv(rng, 1, 3, 3, 30, 33, 16)
+    mask = make_mask("random_bool", rng, 1, 30, 33)
+    for ratio in (0.1, 0.2, 0.5):
+        lo, hi = hybrid_thresholds(q.double(), k.double(), mask, exact_ratio=ratio)
+        s = q.double() @ k.double().transpose(-1, -2) / 4.0
+        for h in range(3):
+            vals = s[0, h][mask[0, 0]]
+            kk = math.floor(ratio / 2 * vals.numel())
+            assert int((vals < lo[0, h]).sum()) == kk and int((vals > hi[0, h]).sum()) == kk
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "heavy_tailed", "low_rank"])
+@pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5])
+def test_sampled_thresholds_keep_the_exact_fraction_within_one_percent(rng, dist, ratio):
+    """Large grid (G > num_samples): the estimator's realised exact fraction stays within +-0.01."""
+    lq = lk = 256  # 65536 scores per head > 32768 samples
+    h, d = 4, 32
+    if dist == "gaussian":
+        q, k = torch.randn(1, h, lq, d, generator=rng), torch.randn(1, h, lk, d, generator=rng)
+    elif dist == "heavy_tailed":  # Student-t entries, a few huge rows: the regime support basis targets
+        t = torch.distributions.StudentT(2.5)
+        q, k = t.sample((1, h, lq, d)), t.sample((1, h, lk, d))
+    else:  # strongly structured scores (a few directions dominate)
+        base = torch.randn(1, h, 3, d, generator=rng)
+        q = torch.randn(1, h, lq, 3, generator=rng) @ base + 0.1 * torch.randn(1, h, lq, d, generator=rng)
+        k = torch.randn(1, h, lk, 3, generator=rng) @ base
+    lo, hi = hybrid_thresholds(q, k, exact_ratio=ratio)
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)
+    frac = ((s < lo[..., None, None]) | (s > hi[..., None, None])).double().mean((-2, -1))
+    assert torch.all((frac - ratio).abs() <= 0.01), frac
+
+
+def test_fast_op_matches_reference_given_its_sampled_thresholds(rng):
+    q, k, v = qkv(rng, 1, 2, 1, 200, 210, 16)
+    mask = make_mask("key_padding", rng, 1, 200, 210)
+    th = hybrid_thresholds(q.double(), k.double(), mask, exact_ratio=0.2)
+    ref = hybrid_attention_reference(q, k, v, mask, exact_ratio=0.2, chebyshev_degree=6, thresholds=th)
+    out = hybrid_attention(q.double(), k.double(), v.double(), mask, exact_ratio=0.2, chebyshev_degree=6)
+    assert rel_err(out, ref) < 1e-9
+
+
+@pytest.mark.parametrize("lengths", [(7, 19, 30), (40, 181, 230)])  # 181^2 > 32768: the sampled regime too
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_sequence_alone(rng, lengths, side):
+    h, d, l = 4, 16, max(lengths)
+    q, k, v = qkv(rng, len(lengths), h, 2, l, l, d)
+    keep = torch.zeros(len(lengths), l, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        keep[i, l - n :] = True if side == "left" else False
+        keep[i, :n] = True if side == "right" else keep[i, :n]
+    mask = (keep[:, :, None] & keep[:, None, :])[:, None]  # padded keys AND queries, as the model passes it
+    batch = hybrid_attention(q, k, v, mask, exact_ratio=0.2, chebyshev_degree=6)
+    for i in range(len(lengths)):
+        idx = keep[i].nonzero()[:, 0]
+        alone = hybrid_attention(
+            q[i : i + 1, :, idx], k[i : i + 1, :, idx], v[i : i + 1, :, idx], exact_ratio=0.2, chebyshev_degree=6
+        )
+        assert (batch[i : i + 1, :, idx] - alone).abs().max() <= 1e-5
+        assert torch.all(batch[i, :, ~keep[i]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_no_nan_or_inf_for_extreme_inputs(rng, dtype):
+    q, k, v = qkv(rng, 2, 2, 2, 24, 24, 8)
+    q = q * 1e3  # scores around +-1e4
+    if dtype == torch.float16:
+        q = q.clamp(-6e4, 6e4)
+    mask = make_mask("random_bool", rng, 2, 24, 24)
+    mask[1] = False  # a fully masked batch element
+    for ratio, degree in [(0.2, 6), (0.0, 3), (0.02, 12)]:
+        out = hybrid_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, exact_ratio=ratio, chebyshev_degree=degree)
+        assert torch.isfinite(out).all()
+        assert torch.all(out[1] == 0) and torch.all(out[:, :, 1] == 0)
+
+
+def test_degenerate_scores_all_equal(rng):
+    q = torch.zeros(1, 2, 10, 8)
+    k, v = torch.randn(1, 2, 10, 8, generator=rng), torch.randn(1, 2, 10, 8, generator=rng)
+    out = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)  # every score is 0: uniform weights
+    assert torch.allclose(out, v.mean(-2, keepdim=True).expand_as(out), atol=1e-6)
+
+
+def test_deterministic(rng):
+    q, k, v = qkv(rng, 1, 4, 4, 300, 300, 16)
+    a = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+    b = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+    assert torch.equal(a, b)
+
+
+def test_no_host_synchronisation(rng, monkeypatch):
+    """No .item(), .tolist(), .cpu(), .numpy() or tensor truth tests inside the forward (masked and unmasked)."""
+    q, k, v = qkv(rng, 2, 4, 2, 200, 200, 16)
+    mask = make_mask("random_bool", rng, 2, 200, 200)
+    hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)  # warm the shape caches (built once, on CPU)
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host synchronisation: Tensor.{name} called in the forward")
+
+        return fail
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    for m in (None, mask):
+        for ratio in (0.0, 0.2, 1.0):
+            hybrid_attention(q, k, v, m, exact_ratio=ratio, chebyshev_degree=6)
+
+
+def test_runs_on_the_meta_device():
+    """Data-free execution: nothing in the forward may depend on tensor values on the host."""
+    q = torch.empty(2, 4, 64, 16, device="meta")
+    k = torch.empty(2, 2, 64, 16, device="meta")
+    mask = torch.empty(2, 1, 64, 64, dtype=torch.bool, device="meta")
+    out = hybrid_attention(q, k, k, mask, exact_ratio=0.2, chebyshev_degree=6)
+    assert out.shape == (2, 4, 64, 16) and out.device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(exact_ratio=-0.1, chebyshev_degree=6), "exact_ratio"),
+        (dict(exact_ratio="abc", chebyshev_degree=6), "exact_ratio"),
+        (dict(exact_ratio=0.2, chebyshev_degree=0), "chebyshev_degree"),
+        (dict(exact_ratio=0.2, chebyshev_degree=2.5), "chebyshev_degree"),
+    ],
+)
+def test_bad_arguments_name_the_argument(rng, kwargs, message):
+    q, k, v = qkv(rng, 1, 2, 2, 4, 4, 8)
+    with pytest.raises(ValueError, match=message):
+        hybrid_attention(q, k, v, **kwargs)
+
+
+def test_bad_shapes_are_explained(rng):
+    q, k, v = qkv(rng, 1, 3, 2, 4, 4, 8)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+    q, k, v = qkv(rng, 1, 2, 2, 4, 4, 8)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        hybrid_attention(q, k, v, torch.ones(1, 1, 5, 4, dtype=torch.bool), exact_ratio=0.2, chebyshev_degree=6)
+
+
+def test_compiled_kernel_matches_eager(tmp_path):
+    """The torch.compile-d block kernel computes what the eager definition computes (run in a fresh process)."""
+    code = r"""
+import torch, hybrid_attention as ha
+g = torch.Generator().manual_seed(0)
+q = torch.randn(2, 4, 96, 32, generator=g) * 2; k = torch.randn(2, 2, 96, 32, generator=g)
+v = torch.randn(2, 2, 96, 32, generator=g); m = torch.rand(2, 1, 96, 96, generator=g) > 0.2
+out = ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6)
+assert "fn" in ha._COMPILED and "failed" not in ha._COMPILED, ha._COMPILED.get("failed")
+import os; os.environ["HYBRID_ATTENTION_COMPILE"] = "0"
+ref = ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6)
+err = float((out - ref).abs().max())
+assert err < 1e-5, err
+print("ok", err)
+"""
+    env = dict(os.environ, HYBRID_ATTENTION_COMPILE="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ok" in res.stdout
+
+
+def test_sdpa_dispatch_matches_torch(rng):
+    q, k, v = qkv(rng, 2, 4, 4, 33, 33, 16)
+    out = hybrid_attention(q, k, v, exact_ratio=1.0, chebyshev_degree=6)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
