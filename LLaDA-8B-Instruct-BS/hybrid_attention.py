@@ -19,6 +19,7 @@ import warnings
 from functools import lru_cache
 
 import torch
+import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, see _block_kernel)
 import torch.nn.functional as F
 
 __all__ = [
@@ -461,7 +462,9 @@ def _block_kernel():
             if "failed" in _COMPILED:
                 return _block_attention(*args)
             try:
-                return compiled(*args)
+                # no "duck sizing": equal sizes in one block (e.g. 32 heads x 32 rows) must not specialise the kernel
+                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                    return compiled(*args)
             except Exception as err:  # no C++ compiler / Triton: the eager definition computes the same
                 _COMPILED["failed"] = err
                 warnings.warn(

@@ -1,0 +1,123 @@
+"""Shared helpers of the benchmark scripts: timing, peak memory, the machine, the closing JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def machine() -> str:
+    """A one-line description of where the numbers were taken."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name()}"
+    return desc
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_ms(fn, device="cpu", repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``repeats`` calls in milliseconds, after ``warmup`` calls (compilation, caches)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+class PeakMemory:
+    """Peak extra memory of a block, in MB: CUDA allocator peak, or the process's resident high-water mark.
+
+    On CPU the kernel's peak RSS (VmHWM) is reset through /proc/self/clear_refs, so the figure covers the block
+    alone; where that is unavailable the result is None.
+    """
+
+    def __init__(self, device="cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self.mb = None
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                _release_free_memory()  # freed heap pages still count as resident; give them back first
+                Path("/proc/self/clear_refs").write_text("5")
+                self.base = _status_kb("VmRSS")
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        elif self.base is not None:
+            self.mb = (_status_kb("VmHWM") - self.base) / 1024
+        return False
+
+
+def _release_free_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(field)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """``columns``: (key, header, format). Missing values print as '-'."""
+    widths = [max(len(h), 10) for _, h, _ in columns]
+    print("  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths)))
+    for r in rows:
+        cells = []
+        for (key, _, fmt), w in zip(columns, widths):
+            v = r.get(key)
+            cells.append(("-" if v is None else format(v, fmt)).rjust(w))
+        print("  ".join(cells))
+
+
+def emit_json(payload: dict) -> None:
+    """The last line of every benchmark: one JSON object."""
+    print(json.dumps(payload, default=lambda o: round(o, 6) if isinstance(o, float) else str(o)))
+
+
+def env_flag(name: str, default: str = "1") -> bool:
+    return os.environ.get(name, default) != "0"
