@@ -210,10 +210,13 @@ class _SamplePlan:
             flat, take = _sample_positions(rows, cols, num_samples)
             self.flat, self.take = flat.view(bm, hm, -1), take.view(bm, hm, -1)
 
-    def for_chunk(self, b: int, heads: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bi = b if self.flat.shape[0] > 1 else 0
-        hs = heads if self.flat.shape[1] > 1 else slice(0, 1)
-        return self.flat[bi, hs], None if self.take is None else self.take[bi, hs]
+    def for_pairs(self, batch_ids: torch.Tensor, head_ids: torch.Tensor):
+        """Positions ``(P, M)`` (and ``take``, or None) of the (batch, head) pairs ``batch_ids[i], head_ids[i]``."""
+        if self.flat.shape[0] == 1 and self.flat.shape[1] == 1:
+            return self.flat[0], None if self.take is None else self.take[0]
+        bi = batch_ids if self.flat.shape[0] > 1 else torch.zeros_like(batch_ids)
+        hi = head_ids if self.flat.shape[1] > 1 else torch.zeros_like(head_ids)
+        return self.flat[bi, hi], None if self.take is None else self.take[bi, hi]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,15 +303,17 @@ def hybrid_attention(
     plan = _SamplePlan(bias, shape, num_samples, query.device)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     block = _block_kernel()
-    for bi, heads, scores, kv_heads in _score_chunks(query, key, bias, scale):
-        lo, hi = _chunk_thresholds(scores, *plan.for_chunk(bi, heads), exact_ratio)
+    out_pairs = out.view(b * h, lq, -1)
+    values_pairs = value.flatten(0, 1)
+    for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, bias, scale):
+        lo, hi = _chunk_thresholds(scores, *plan.for_pairs(batch_ids, head_ids), exact_ratio)
         alpha, beta, top, coef = _polynomial(lo, hi, chebyshev_degree)
-        values = value[bi].index_select(0, kv_heads).to(scores.dtype)
+        values = values_pairs.index_select(0, kv_pairs).to(scores.dtype)
         hc, _, lk = scores.shape
         rows = max(1, min(lq, _BLOCK_ELEMENTS // (hc * lk)))
         for r0 in range(0, lq, rows):
             r1 = min(lq, r0 + rows)
-            out[bi, heads, r0:r1] = block(scores[:, r0:r1], values, alpha, beta, top, coef, chebyshev_degree)
+            out_pairs[pairs, r0:r1] = block(scores[:, r0:r1], values, alpha, beta, top, coef, chebyshev_degree)
     return out
 
 
@@ -332,11 +337,12 @@ def hybrid_thresholds(
     shape = (b, h, lq, lk)
     bias = _mask_to_bias(attention_mask, shape, _compute_dtype(query))
     plan = _SamplePlan(bias, shape, num_samples, query.device)
-    lo = torch.empty(b, h, dtype=_compute_dtype(query), device=query.device)
+    lo = torch.empty(b * h, dtype=_compute_dtype(query), device=query.device)
     hi = torch.empty_like(lo)
-    for bi, heads, scores, _ in _score_chunks(query, key, bias, scale):
-        lo[bi, heads], hi[bi, heads] = _chunk_thresholds(scores, *plan.for_chunk(bi, heads), min(exact_ratio, 1.0))
-    return lo, hi
+    for pairs, scores, _, batch_ids, head_ids in _score_chunks(query, key, bias, scale):
+        plan_pairs = plan.for_pairs(batch_ids, head_ids)
+        lo[pairs], hi[pairs] = _chunk_thresholds(scores, *plan_pairs, min(exact_ratio, 1.0))
+    return lo.view(b, h), hi.view(b, h)
 
 
 def _exact_attention(query, key, value, attention_mask, scale):
@@ -351,27 +357,43 @@ def _exact_attention(query, key, value, attention_mask, scale):
 
 
 def _score_chunks(query, key, bias, scale):
-    """Yield ``(b, heads, scores (hc, Lq, Lk) fp32, kv_heads)`` for each batch element and head chunk."""
+    """Yield fp32 scores for chunks of (batch, head) pairs, with what each chunk needs.
+
+    Pairs are flattened (``pair = b * H + h``) so that a chunk may span several sequences of a batch: the work per
+    chunk (sampling, selection, the kernel launch) is then shared by a whole small batch. Yields
+    ``(pairs: slice, scores (P, Lq, Lk), kv_pairs (P,), batch_ids (P,), head_ids (P,))``; ``kv_pairs`` index the
+    flattened key/value pairs (grouped heads share theirs).
+    """
     b, h, lq, _ = query.shape
     hkv, lk = key.shape[1], key.shape[2]
     group = h // hkv
     compute = _compute_dtype(query)
-    # one head at least: a head's scores are needed whole to place its thresholds (64 MB at L = 4096)
-    chunk = max(1, min(h, _SCORE_BUDGET // max(1, lq * lk)))
-    head_ids = torch.arange(h, device=query.device)
-    for bi in range(b):
-        bias_b = None if bias is None else bias[bi if bias.shape[0] > 1 else 0]
-        for h0 in range(0, h, chunk):
-            heads = slice(h0, min(h, h0 + chunk))
-            kv_heads = torch.div(head_ids[heads], group, rounding_mode="floor")
-            q = query[bi, heads].to(compute) * scale  # scaling the small operand saves a pass over the scores
-            k = key[bi].index_select(0, kv_heads).to(compute)
-            if bias_b is None:
-                scores = torch.bmm(q, k.transpose(1, 2))
-            else:
-                chunk_bias = bias_b[heads] if bias_b.shape[0] > 1 else bias_b
-                scores = torch.baddbmm(chunk_bias, q, k.transpose(1, 2))
-            yield bi, heads, scores, kv_heads
+    # one pair at least: a head's scores are needed whole to place its thresholds (64 MB at L = 4096)
+    chunk = max(1, min(b * h, _SCORE_BUDGET // max(1, lq * lk)))
+    queries = query.flatten(0, 1)
+    keys = key.flatten(0, 1)
+    pair_ids = torch.arange(b * h, device=query.device)
+    for p0 in range(0, b * h, chunk):
+        pairs = slice(p0, min(b * h, p0 + chunk))
+        batch_ids = torch.div(pair_ids[pairs], h, rounding_mode="floor")
+        head_ids = pair_ids[pairs] - batch_ids * h
+        kv_pairs = batch_ids * hkv + torch.div(head_ids, group, rounding_mode="floor")
+        q = queries[pairs].to(compute) * scale  # scaling the small operand saves a pass over the scores
+        k = keys.index_select(0, kv_pairs).to(compute)
+        if bias is None:
+            scores = torch.bmm(q, k.transpose(1, 2))
+        else:
+            scores = torch.baddbmm(_bias_for_pairs(bias, batch_ids, head_ids), q, k.transpose(1, 2))
+        yield pairs, scores, kv_pairs, batch_ids, head_ids
+
+
+def _bias_for_pairs(bias: torch.Tensor, batch_ids: torch.Tensor, head_ids: torch.Tensor) -> torch.Tensor:
+    """The rows ``(P or 1, Lq or 1, Lk or 1)`` of a broadcast bias ``(Bm, Hm, ., .)`` for the given pairs."""
+    if bias.shape[0] == 1 and bias.shape[1] == 1:
+        return bias[0]
+    bi = batch_ids if bias.shape[0] > 1 else torch.zeros_like(batch_ids)
+    hi = head_ids if bias.shape[1] > 1 else torch.zeros_like(head_ids)
+    return bias[bi, hi]
 
 
 def _chunk_thresholds(scores, flat, take, exact_ratio):

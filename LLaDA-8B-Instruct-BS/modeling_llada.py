@@ -141,7 +141,7 @@ class LLaDAModel(nn.Module):
             )
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, attention_bias=None,
-                position_ids=None, output_hidden_states=False):
+                position_ids=None, output_hidden_states=False, logits_to_keep=None):
         x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.input_emb_norm:
             x = x * (self.config.d_model**0.5)
@@ -157,6 +157,8 @@ class LLaDAModel(nn.Module):
             if output_hidden_states:
                 hidden.append(x)
             x = block(x, rotary, mask)
+        if logits_to_keep is not None:  # only these positions reach the (vocab-sized) output projection
+            x = x[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else x[:, logits_to_keep]
         x = self.transformer.ln_f(x)
         if output_hidden_states:
             hidden.append(x)
@@ -268,13 +270,16 @@ class LLaDAModelLM(PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor | None = None,
         **kwargs,
     ):
         """``input_ids (B, L)`` -> logits ``(B, L, vocab)``.
 
         ``attention_mask``: ``(B, L)`` padding mask (1 = token) or a 4-D bool/float mask; ``attention_bias``:
         the official model's 4-D bias argument. ``labels`` are not used: the masked-diffusion loss needs the
-        masking ratio of each sequence, so it is computed by the caller.
+        masking ratio of each sequence, so it is computed by the caller. ``logits_to_keep`` (the last N positions,
+        a slice, or a 1-D index tensor) limits the output projection to those positions: the diffusion sampler
+        needs the logits of one block only, and the projection onto 126k tokens is the largest matmul per token.
         """
         if past_key_values is not None or use_cache:
             raise ValueError("LLaDA has no key/value cache: every diffusion step reads the whole sequence")
@@ -285,7 +290,8 @@ class LLaDAModelLM(PreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         logits, hidden = self.model(
-            input_ids, inputs_embeds, attention_mask, attention_bias, position_ids, bool(output_hidden_states)
+            input_ids, inputs_embeds, attention_mask, attention_bias, position_ids, bool(output_hidden_states),
+            logits_to_keep,
         )
         if return_dict is False:
             return (logits,) + ((hidden,) if hidden is not None else ())
