@@ -93,7 +93,7 @@ def generate(
         raise ValueError("mask_id is not given and the model config has no mask_token_id")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length); got shape {tuple(input_ids.shape)}")
-    _check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale)
+    check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale)
     b, p = input_ids.shape
     if p == 0:
         raise ValueError("the prompt is empty: give at least one token (e.g. the chat template's BOS)")
@@ -151,7 +151,8 @@ def generate(
     return x
 
 
-def _check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale):
+def check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale):
+    """Raise ``ValueError`` (naming the setting, its value and the rule) for a sampler setting that cannot run."""
     for name, value in (("steps", steps), ("gen_length", gen_length), ("block_length", block_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -241,14 +242,21 @@ def encode_prompts(tokenizer, prompts: list[str], chat: bool, device) -> tuple[t
     encoded = [tokenizer(t)["input_ids"] for t in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("a prompt is empty after tokenisation")
-    width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e) :] = torch.tensor(e)
-        mask[i, width - len(e) :] = 1
+    ids, mask = left_pad(encoded, pad)
     return ids.to(device), mask.to(device)
+
+
+def left_pad(seqs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(len(seqs), longest)`` int64: token sequences right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s) :] = torch.as_tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
 
 
 def main(argv=None):
@@ -276,7 +284,7 @@ def main(argv=None):
     if a.batch_size < 1:
         p.error(f"--batch-size must be >= 1; got {a.batch_size}")
     try:
-        _check_schedule(a.steps, a.gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
+        check_schedule(a.steps, a.gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
     except ValueError as err:
         p.error(str(err))
 

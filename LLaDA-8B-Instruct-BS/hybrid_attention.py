@@ -38,8 +38,14 @@ DEFAULT_NUM_SAMPLES = 32768
 MASKED_BIAS = -1e30
 """An additive float bias at or below this value masks its pair (covers ``-inf`` and ``torch.finfo(dtype).min``)."""
 
-_SCORE_BUDGET = 1 << 21  # scores materialised per (batch, head chunk): 8 MB of fp32 stays in a CPU's L3 cache
-_BLOCK_ELEMENTS = 1 << 18  # elements per row block of weights handed to the fused kernel
+# Scores materialised per chunk of (batch, head) pairs, and per row block handed to the fused kernel, in elements.
+# CPU: 8 MB of fp32 scores stay in the L3 cache and 1 MB blocks in L2. GPU: 1 GB chunks processed whole, so a
+# forward launches a few kernels per layer instead of thousands.
+_BUDGETS = {"cpu": (1 << 21, 1 << 18), "gpu": (1 << 28, 1 << 28)}
+
+
+def _budgets(device: torch.device) -> tuple[int, int]:
+    return _BUDGETS["cpu" if device.type in ("cpu", "meta") else "gpu"]
 _ROW_SCALE_CAP = 60.0  # exp(60) * |p| * n stays finite in fp32 for any n < 1e10
 _WEIGHT_FLOOR = 1e-30  # positive floor of polynomial weights: a row whose polynomial is <= 0 everywhere stays defined
 _INTERVAL_PAD = 1e-5  # relative padding of the interval's half-width (see _interval)
@@ -284,9 +290,9 @@ def hybrid_attention(
       tested to stay within +-0.01). Padding a sequence inside a batch changes neither its sample nor its output.
     - scores and weights are fp32 whatever the input dtype; no host synchronisation (no ``.item()``, no
       NumPy); polynomial coefficients are computed on the input's device.
-    - memory: fp32 scores are materialised for one batch element and a chunk of heads at a time (8 MB, or one
-      head: 64 MB at Lq = Lk = 4096), never as a full ``(B, H, Lq, Lk)`` tensor; weights exist only for a
-      block of rows at a time.
+    - memory: fp32 scores are materialised for a chunk of (batch, head) pairs at a time (8 MB on CPU, 1 GB on
+      GPU, and at least one head: 64 MB at Lq = Lk = 4096), never as a full ``(B, H, Lq, Lk)`` tensor; on CPU
+      weights exist only for a cache-sized block of rows at a time.
     - speed: the weights of a row block and their product with ``value`` run as one ``torch.compile``-d
       kernel (C++ on CPU, Triton on GPU; compiled once per degree and process). ``HYBRID_ATTENTION_COMPILE=0``
       or a failed compilation selects the identical eager definition.
@@ -310,7 +316,7 @@ def hybrid_attention(
         alpha, beta, top, coef = _polynomial(lo, hi, chebyshev_degree)
         values = values_pairs.index_select(0, kv_pairs).to(scores.dtype)
         hc, _, lk = scores.shape
-        rows = max(1, min(lq, _BLOCK_ELEMENTS // (hc * lk)))
+        rows = max(1, min(lq, _budgets(query.device)[1] // (hc * lk)))
         for r0 in range(0, lq, rows):
             r1 = min(lq, r0 + rows)
             out_pairs[pairs, r0:r1] = block(scores[:, r0:r1], values, alpha, beta, top, coef, chebyshev_degree)
@@ -369,7 +375,7 @@ def _score_chunks(query, key, bias, scale):
     group = h // hkv
     compute = _compute_dtype(query)
     # one pair at least: a head's scores are needed whole to place its thresholds (64 MB at L = 4096)
-    chunk = max(1, min(b * h, _SCORE_BUDGET // max(1, lq * lk)))
+    chunk = max(1, min(b * h, _budgets(query.device)[0] // max(1, lq * lk)))
     queries = query.flatten(0, 1)
     keys = key.flatten(0, 1)
     pair_ids = torch.arange(b * h, device=query.device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -119,5 +118,21 @@ def emit_json(payload: dict) -> None:
     print(json.dumps(payload, default=lambda o: round(o, 6) if isinstance(o, float) else str(o)))
 
 
-def env_flag(name: str, default: str = "1") -> bool:
-    return os.environ.get(name, default) != "0"
+def random_llada(full_size: bool, device="cpu", dtype=torch.float32, **overrides):
+    """A LLaDA-BS model with random weights: the LLaDA-8B shape (``full_size``) or a mid-size one (8 layers,
+    d_model 1024, 8 heads of 128, SwiGLU 2816, vocabulary 32768). ``overrides`` set config fields (token ids)."""
+    import json
+
+    from configuration_llada import LLaDAConfig
+    from modeling_llada import LLaDAModelLM
+
+    if full_size:
+        fields = json.loads((REPO / "LLaDA-8B-Instruct-BS" / "config.json").read_text())
+        fields.pop("auto_map", None)
+    else:
+        fields = dict(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816, vocab_size=32768,
+                      embedding_size=32768, max_sequence_length=4096, mask_token_id=32000, eos_token_id=32001,
+                      pad_token_id=32001)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()

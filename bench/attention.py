@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from _common import PeakMemory, best_ms, emit_json, machine, print_table
+from _common import PeakMemory, best_ms, emit_json, machine, print_table, random_llada
 
 from hybrid_attention import hybrid_attention  # noqa: E402  (path set by _common)
 from paper_baseline import paper_hybrid_attention  # noqa: E402
@@ -69,14 +69,9 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
 
 
 def end_to_end(device, dtype, length, repeats):
-    """One forward of a random LLaDA (8 layers, d_model 1024, 8 heads of 128) at ``length``: exact vs hybrid."""
-    from configuration_llada import LLaDAConfig
-    from modeling_llada import LLaDAModelLM
-
-    cfg = LLaDAConfig(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816, vocab_size=32768,
-                      embedding_size=32768, max_sequence_length=4096)
-    torch.manual_seed(0)
-    model = LLaDAModelLM(cfg).to(device, dtype).eval()
+    """One forward of the random mid-size LLaDA (8 layers, d_model 1024) at ``length``: exact vs hybrid."""
+    model = random_llada(False, device, dtype)
+    cfg = model.config
     ids = torch.randint(0, cfg.vocab_size, (1, length), device=device)
 
     def forward():

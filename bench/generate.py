@@ -11,32 +11,13 @@ Eight prompts of different lengths (random tokens, 48..160) answered with the pa
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from _common import REPO, emit_json, machine, print_table, sync
+from _common import emit_json, machine, print_table, random_llada, sync
 
-from generate import generate  # noqa: E402  (path set by _common)
-
-
-def build_model(full_size: bool, device, dtype):
-    from configuration_llada import LLaDAConfig
-    from modeling_llada import LLaDAModelLM
-
-    if full_size:
-        cfg = json.loads((REPO / "LLaDA-8B-Instruct-BS" / "config.json").read_text())
-        cfg.pop("auto_map", None)
-        config = LLaDAConfig(**cfg)
-    else:
-        config = LLaDAConfig(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816, vocab_size=32768,
-                             embedding_size=32768, max_sequence_length=4096, mask_token_id=32000,
-                             eos_token_id=32001, pad_token_id=32001)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LLaDAModelLM(config).to(dtype).eval()
-    return model
+from generate import generate, left_pad  # noqa: E402  (path set by _common)
 
 
 def prompts(n: int, vocab: int, seed: int = 0) -> list[torch.Tensor]:
@@ -45,22 +26,12 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, vocab - 1000, (l,), generator=g) for l in lengths]
 
 
-def left_pad(seqs, pad_id, device):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = s
-        mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
 def run(model, seqs, batch_size, steps, gen_length, block_length, device):
     """Answer every prompt in batches; return (seconds, forward passes)."""
     calls = 0
     t0 = time.perf_counter()
     for i in range(0, len(seqs), batch_size):
-        ids, mask = left_pad(seqs[i : i + batch_size], model.config.pad_token_id, device)
+        ids, mask = (t.to(device) for t in left_pad(seqs[i : i + batch_size], model.config.pad_token_id))
         generate(model, ids, mask if batch_size > 1 else None, steps=steps, gen_length=gen_length,
                  block_length=block_length)
         calls += steps
@@ -78,7 +49,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if (device == "cuda" or a.full_size) else torch.float32
-    model = build_model(a.full_size, device, dtype)
+    model = random_llada(a.full_size, device, dtype)
     seqs = prompts(a.prompts, model.config.vocab_size)
     shape = "LLaDA-8B shape" if a.full_size else "mid-size (8 layers, d_model 1024)"
     print(f"# generate: random {shape}, {str(dtype)[6:]} on {device}; {a.prompts} prompts of 48..160 tokens, "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from generate import add_gumbel_noise, generate, steps_per_block, transfer_schedule
+from generate import add_gumbel_noise, generate, left_pad, steps_per_block, transfer_schedule
 
 
 def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale=0.0, mask_id):
@@ -45,16 +45,6 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
                 idx = torch.topk(confidence[row], k=per_step[i]).indices
                 x[row, idx] = x0[row, idx]
     return x
-
-
-def left_pad(seqs, pad_id):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = s
-        mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 @pytest.fixture

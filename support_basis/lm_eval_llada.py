@@ -1,0 +1,648 @@
+"""lm-evaluation-harness backend for LLaDA-BS: any standard task, with the hybrid (support-basis) attention on.
+
+Registered with lm-eval as ``llada_bs``. Importing this module registers it; the harness's own command line
+does not import it, so run the harness through ``scripts/lm_eval_llada.py`` (same arguments as ``lm_eval``)::
+
+    python scripts/lm_eval_llada.py --model llada_bs \\
+        --model_args pretrained=models/LLaDA-8B-Instruct-BS,exact_ratio=0.2,chebyshev_degree=6,mc_num=128,cfg=0.5 \\
+        --tasks arc_challenge --batch_size 32
+    accelerate launch --num_processes 8 scripts/lm_eval_llada.py ...      # data parallel, one process per GPU
+    torchrun --nproc_per_node 2 scripts/lm_eval_llada.py ... --device cpu  # several CPU processes (gloo)
+
+or from Python::
+
+    import support_basis.lm_eval_llada  # registers "llada_bs"
+    from lm_eval import simple_evaluate
+    simple_evaluate(model="llada_bs", model_args={"pretrained": DIR, "exact_ratio": 0.2}, tasks=["hellaswag"])
+
+Request types
+-------------
+``loglikelihood`` (multiple-choice tasks): LLaDA's Monte Carlo estimate for a masked diffusion model. For a pair
+(context ``c``, continuation ``y`` of ``T`` tokens) each Monte Carlo sample masks ``k`` of the ``T`` continuation
+tokens (uniformly random positions, the context is never masked), runs the model once and scores
+``(T / k) * sum over masked positions of -log p(y_i | c, unmasked y)``; the log-likelihood is minus the mean over
+``mc_num`` samples. This is the masked-diffusion ELBO, a lower bound on ``log p(y | c)`` (exact for ``T = 1``).
+The ``k`` are stratified within each group of ``mc_batch_size`` samples: one random offset per group, the group's
+ratios ``k / T`` spread evenly over ``(0, 1]`` (as LLaDA's ``eval_llada.py`` does for its mini-batch). With
+``cfg > 0`` the logits are LLaDA's unsupervised classifier-free guidance ``u + (cfg + 1) (l - u)``, ``u`` from the
+same sequence with the context masked out. A one-token continuation needs one sample (every sample masks that
+token with ratio 1), so it gets exactly one. ``is_greedy`` is ``False`` unless ``check_greedy=True``, which
+decodes the continuation greedily with :func:`generate.generate` (``T`` steps, one token revealed per step, most
+confident first -- LLaDA's ``suffix_greedy_prediction``) and compares; only tasks scoring greedy matches (e.g.
+``lambada``) read it, so it is off by default as in LLaDA's published runs.
+
+``generate_until``: :func:`generate.generate` (batched, left-padded prompts) with the sampler knobs given as model
+arguments, the answer cut at the first EOS / ``<|eot_id|>`` token and then at the first stop string of the
+request's ``until``. The sampler is configured only by model arguments: of a request's generation kwargs only
+``until`` is used (``max_gen_toks``, ``temperature``, ``do_sample`` ... are ignored, with one log line; LLaDA
+generates into a fixed ``gen_length`` canvas). With lm-eval's ``--apply_chat_template`` the prompts go through
+the tokenizer's chat template (LLaDA's, with its BOS), as lm-eval does for any chat model.
+
+``loglikelihood_rolling`` (perplexity tasks) raises ``NotImplementedError``.
+
+Batching, determinism, processes
+--------------------------------
+Requests are batched across each other: every Monte Carlo sample of every request is one row, rows are ordered by
+sequence length (longest first) and ``batch_size`` rows go through one forward (twice as many sequences with
+CFG), left-padded with an attention mask; logits are computed for the continuation positions only
+(``logits_to_keep``). Identical requests are scored once. Each request's masks come from its own generator, seeded
+with a hash of ``(seed, context tokens, continuation tokens)``: a request's estimate does not depend on
+``batch_size``, on the other requests, on their order or on how many processes share the work (up to float
+rounding of differently shaped batches). Generation at ``temperature=0`` with ``low_confidence`` remasking is
+deterministic; with sampling it is reproducible for a fixed ``seed``, ``batch_size`` and number of processes.
+Under ``accelerate launch`` (or ``torchrun``) every process takes its shard of the requests (lm-eval shards by
+rank and gathers the metrics) and runs on ``Accelerator().device``. Without CUDA the processes join a gloo group;
+start them with ``torchrun --nproc_per_node N`` (``accelerate launch --cpu`` starts a single process).
+
+Model arguments (``--model_args k=v,...``; also ``batch_size`` / ``device`` here or via lm-eval's own flags,
+the model argument wins)
+-----------------------------------------------------------------------------------------------------------------
+``pretrained``        LLaDA-BS model directory (or hub id) -- required
+``exact_ratio``       ``hybrid_exact_ratio`` in [0, 1]; 1.0 = exact attention (default: the directory's config)
+``chebyshev_degree``  ``hybrid_chebyshev_degree`` >= 1 (default: the directory's config)
+``mc_num``            Monte Carlo samples per request (default 128, LLaDA's)
+``mc_batch_size``     stratification group, must divide ``mc_num`` (default ``min(mc_num, 32)``, LLaDA's default
+                      mini-batch; LLaDA's published runs passed ``--batch_size 8``, i.e. groups of 8)
+``cfg``               classifier-free guidance scale for likelihoods (default 0; LLaDA used 0.5 on ARC-C,
+                      HellaSwag, GPQA, PIQA and 2.0 on TruthfulQA for the Base model). Also used when generating.
+``check_greedy``      compute ``is_greedy`` (default False)
+``steps``, ``gen_length``, ``block_length``   sampler schedule (default 1024 / 1024 / 1024, LLaDA's lm-eval runs)
+``temperature``       sampling temperature (default 0 = greedy); ``remasking``: low_confidence | random
+``logits_eos_inf``, ``confidence_eos_eot_inf``   the sampler's EOS options (default False)
+``max_length``        longest sequence (default: the config's ``max_sequence_length``); longer contexts are cut
+                      from the left, with a warning
+``dtype``             auto (bfloat16 on CUDA, float32 otherwise) | float32 | bfloat16 | float16
+``device``            auto | cpu | cuda | cuda:N ... (under ``accelerate launch``: the process's device)
+``seed``              seed of the Monte Carlo masks and of the sampler (default 1234)
+``batch_size``        Monte Carlo rows (likelihood) or prompts (generation) per forward (default 32); it never
+                      changes a likelihood estimate, only speed and memory
+
+Bad values raise ``ValueError`` naming the argument before the model is loaded; unknown arguments are rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import math
+import os
+import struct
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as _err:  # lm-eval is an optional dependency of this project
+    raise ImportError(
+        "support_basis.lm_eval_llada is the lm-evaluation-harness backend and needs the optional package lm-eval: "
+        "pip install lm-eval  (the rest of the project works without it)"
+    ) from _err
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # generate.py and hybrid_attention.py live at the repository root
+    sys.path.insert(0, str(_REPO))
+
+from generate import check_schedule, generate, left_pad  # noqa: E402
+from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "llada_bs"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# what users coming from LLaDA's eval_llada.py may type
+_ARG_HINTS = {"model_path": "pretrained", "cfg_scale": "cfg", "is_check_greedy": "check_greedy",
+              "hybrid_exact_ratio": "exact_ratio", "hybrid_chebyshev_degree": "chebyshev_degree"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Monte Carlo estimator (pure functions; the LM class below wires them to lm-eval)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def request_seed(seed: int, context: Sequence[int], continuation: Sequence[int]) -> int:
+    """A 63-bit seed for one request: a hash of ``seed`` and both token sequences (independent of batching)."""
+    h = hashlib.sha256(struct.pack("<qqq", int(seed), len(context), len(continuation)))
+    h.update(torch.tensor(list(context) + list(continuation), dtype=torch.int64).numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
+
+
+def stratified_mask_counts(length: int, num: int, group: int, generator: torch.Generator) -> torch.Tensor:
+    """How many of ``length`` continuation tokens each of ``num`` samples masks: ``(num,)`` int64 in [1, length].
+
+    Samples come in ``num // group`` groups; a group draws one offset ``u`` uniform in ``{0, ..., length - 1}``
+    and its ``i``-th sample masks ``1 + (u + round(i * length / group)) mod length`` tokens, so the group's masking
+    ratios cover ``(0, 1]`` evenly (each count is uniform on ``1..length``: the estimator stays unbiased).
+    """
+    if num % group:
+        raise ValueError(f"num ({num}) must be a multiple of group ({group})")
+    offsets = torch.randint(0, length, (num // group, 1), generator=generator)
+    spread = torch.floor(torch.arange(group, dtype=torch.float64) * length / group + 0.5).long()
+    return (1 + (offsets + spread) % length).reshape(-1)
+
+
+def random_masks(counts: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``(num, length)`` bool: row ``i`` has exactly ``counts[i]`` True entries at uniformly random positions."""
+    noise = torch.rand(counts.shape[0], length, generator=generator)
+    ranks = noise.argsort(dim=-1).argsort(dim=-1)
+    return ranks < counts[:, None]
+
+
+def sample_continuation_masks(length: int, num: int, group: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One request's Monte Carlo draws: counts ``(num,)`` and masks ``(num, length)`` from a generator seeded
+    with ``seed`` (CPU, so the same on every device). A one-token continuation gets a single sample."""
+    if length == 1:
+        return torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(seed)
+    counts = stratified_mask_counts(length, num, group, generator)
+    return counts, random_masks(counts, length, generator)
+
+
+@torch.no_grad()
+def mc_loglikelihoods(
+    model,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    mask_id: int,
+    pad_id: int,
+    mc_num: int = 128,
+    mc_batch_size: int = 32,
+    cfg: float = 0.0,
+    batch_size: int = 32,
+    seed: int = 1234,
+    progress: bool = False,
+) -> list[float]:
+    """Monte Carlo log-likelihoods ``log p(continuation | context)`` of token pairs, batched across pairs.
+
+    ``pairs``: ``(context_ids, continuation_ids)``; continuations non-empty, ``context + continuation`` no longer
+    than the model accepts. Returns one float per pair, in order. ``mc_num`` samples per pair (one for a
+    one-token continuation), drawn by :func:`sample_continuation_masks` with :func:`request_seed`; ``batch_size``
+    samples per forward (rows of several pairs share a forward); ``pad_id`` pads (never ``mask_id``). Rows are
+    left-padded, so every continuation ends at the right edge and ``logits_to_keep`` = the longest continuation
+    of the batch limits the output projection to ``(rows, T_max, vocab)``.
+    """
+    if pad_id == mask_id:
+        raise ValueError(f"pad_id must differ from the mask token id ({mask_id})")
+    device = _model_device(model)
+    keys = [(tuple(int(t) for t in c), tuple(int(t) for t in y)) for c, y in pairs]
+    unique = list(dict.fromkeys(keys))  # identical requests are scored once
+    if not unique:
+        return []
+    if any(len(y) == 0 for _, y in unique):
+        raise ValueError("a continuation is empty: there is nothing to score")
+    ctx_len = torch.tensor([len(c) for c, _ in unique])
+    cont_len = torch.tensor([len(y) for _, y in unique])
+    total_len = ctx_len + cont_len
+    n_samples = torch.where(cont_len == 1, 1, mc_num)
+    order = sorted(range(len(unique)), key=lambda r: (-int(total_len[r]), r))  # longest first: OOM shows early
+    order_t = torch.tensor(order)
+    row_req = order_t.repeat_interleave(n_samples[order_t])  # (rows,) request of each row, contiguous per request
+    first_row = torch.zeros(len(unique), dtype=torch.long)
+    first_row[order_t] = torch.cumsum(n_samples[order_t], 0) - n_samples[order_t]
+    n_rows = int(row_req.shape[0])
+
+    loss_sum = torch.zeros(len(unique), dtype=torch.float64)  # on the CPU (float64 everywhere, MPS included)
+    draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    starts = range(0, n_rows, batch_size)
+    for start in tqdm(starts, desc="llada_bs loglikelihood", disable=not progress, total=len(starts)):
+        stop = min(start + batch_size, n_rows)
+        reqs, counts_in_batch = torch.unique_consecutive(row_req[start:stop], return_counts=True)
+        b = stop - start
+        width, t_max = int(total_len[reqs].max()), int(cont_len[reqs].max())
+        tokens = torch.full((b, width), pad_id, dtype=torch.long)
+        valid = torch.zeros(b, width, dtype=torch.bool)
+        masked = torch.zeros(b, t_max, dtype=torch.bool)
+        weight = torch.empty(b, dtype=torch.float64)  # T / k of each row
+        row_t = torch.empty(b, dtype=torch.long)  # continuation length of each row
+        offset = 0
+        for r, m in zip(reqs.tolist(), counts_in_batch.tolist()):  # one iteration per request in the batch
+            ctx, cont = unique[r]
+            length, t = len(ctx) + len(cont), len(cont)
+            if r not in draws:
+                n = int(n_samples[r])
+                draws[r] = sample_continuation_masks(t, n, min(mc_batch_size, n), request_seed(seed, ctx, cont))
+            counts, masks = draws[r]
+            j0 = start + offset - int(first_row[r])  # this request's first sample in the batch
+            tokens[offset : offset + m, width - length :] = torch.tensor(ctx + cont)
+            valid[offset : offset + m, width - length :] = True
+            masked[offset : offset + m, t_max - t :] = masks[j0 : j0 + m]
+            weight[offset : offset + m] = t / counts[j0 : j0 + m].double()
+            row_t[offset : offset + m] = t
+            if j0 + m == masks.shape[0]:
+                del draws[r]
+            offset += m
+        tokens, valid, masked, row_t = (x.to(device) for x in (tokens, valid, masked, row_t))
+        targets = tokens[:, width - t_max :]
+        noisy = tokens.clone()
+        noisy[:, width - t_max :] = targets.masked_fill(masked, mask_id)
+        if cfg > 0:  # unconditional copy: every context token masked too
+            in_cont = torch.arange(width, device=device)[None, :] >= width - row_t[:, None]
+            unconditional = noisy.masked_fill(valid & ~in_cont, mask_id)
+            logits = model(torch.cat([noisy, unconditional]), attention_mask=torch.cat([valid, valid]).long(),
+                           logits_to_keep=t_max).logits
+            cond, uncond = (half[masked].float() for half in logits.chunk(2))  # (masked tokens, vocab) each
+            scores = uncond + (cfg + 1) * (cond - uncond)
+        else:
+            scores = model(noisy, attention_mask=valid.long(), logits_to_keep=t_max).logits[masked].float()
+        rows, _ = masked.nonzero(as_tuple=True)
+        nll = F.cross_entropy(scores, targets[masked], reduction="none")  # (masked tokens,)
+        row_loss = torch.zeros(b, dtype=nll.dtype, device=device).index_add_(0, rows, nll)
+        loss_sum.index_add_(0, row_req[start:stop], row_loss.cpu().double() * weight)
+    estimates = (-loss_sum / n_samples.double()).tolist()
+    index = {key: i for i, key in enumerate(unique)}
+    return [estimates[index[key]] for key in keys]
+
+
+@torch.no_grad()
+def greedy_matches(
+    model,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    mask_id: int,
+    pad_id: int,
+    cfg: float = 0.0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[bool]:
+    """Whether greedy low-confidence decoding of ``len(continuation)`` masks after the context (one token per
+    step, ``T`` steps, :func:`generate.generate`) yields exactly the continuation. Batched over pairs with equal
+    continuation length. An empty context is given the pad token as its one prompt token."""
+    device = _model_device(model)
+    out = [False] * len(pairs)
+    by_len: dict[int, list[int]] = {}
+    for i, (_, cont) in enumerate(pairs):
+        by_len.setdefault(len(cont), []).append(i)
+    batches = [(t, idx[s : s + batch_size]) for t, idx in sorted(by_len.items())
+               for s in range(0, len(idx), batch_size)]
+    for t, idx in tqdm(batches, desc="llada_bs is_greedy", disable=not progress):
+        prompts = [list(pairs[i][0]) or [pad_id] for i in idx]
+        ids, mask = left_pad(prompts, pad_id)
+        x = generate(model, ids.to(device), mask.to(device), steps=t, gen_length=t, block_length=t, cfg_scale=cfg,
+                     mask_id=mask_id)
+        target = torch.tensor([list(pairs[i][1]) for i in idx], device=device)
+        for i, ok in zip(idx, (x[:, -t:] == target).all(-1).tolist()):
+            out[i] = bool(ok)
+    return out
+
+
+def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
+    """``text`` up to the earliest occurrence of any non-empty stop string."""
+    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _number(value):
+    """A numeric string as int or float (model arguments may arrive as text); anything else unchanged."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _as_int(name: str, value, minimum: int = 1) -> int:
+    value = _number(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+def _as_float(name: str, value, minimum: float = 0.0) -> float:
+    value = _number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
+    return float(value)
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false; got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The lm-eval model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@register_model(MODEL_NAME)
+class LLaDABSEvalHarness(LM):
+    """lm-eval ``LM`` for a LLaDA-BS model directory (see the module docstring for the arguments and methods)."""
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        exact_ratio: float | None = None,
+        chebyshev_degree: int | None = None,
+        mc_num: int = 128,
+        mc_batch_size: int | None = None,
+        cfg: float = 0.0,
+        check_greedy: bool = False,
+        steps: int = 1024,
+        gen_length: int = 1024,
+        block_length: int = 1024,
+        temperature: float = 0.0,
+        remasking: str = "low_confidence",
+        logits_eos_inf: bool = False,
+        confidence_eos_eot_inf: bool = False,
+        max_length: int | None = None,
+        dtype: str = "auto",
+        device: str | None = "auto",
+        seed: int = 1234,
+        batch_size: int | str = 32,
+        max_batch_size: int | None = None,  # lm-eval passes it; there is no automatic batch size here
+        trust_remote_code: bool = True,  # lm-eval may pass it; the model directory always needs remote code
+        **unknown: Any,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            hints = [f"{k} (did you mean {_ARG_HINTS[k]}?)" if k in _ARG_HINTS else k for k in unknown]
+            valid = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "unknown")]
+            raise ValueError(f"{MODEL_NAME}: unknown model argument(s): {', '.join(hints)}. Valid: {', '.join(valid)}")
+        if not pretrained:
+            raise ValueError(f"{MODEL_NAME}: give the model directory as pretrained=DIR")
+        self.exact_ratio = None if exact_ratio is None else validate_exact_ratio(_number(exact_ratio), "exact_ratio")
+        self.chebyshev_degree = None if chebyshev_degree is None else validate_chebyshev_degree(
+            _as_int("chebyshev_degree", chebyshev_degree), "chebyshev_degree")
+        self.mc_num = _as_int("mc_num", mc_num)
+        self.mc_batch_size = min(self.mc_num, 32) if mc_batch_size is None else _as_int("mc_batch_size", mc_batch_size)
+        if self.mc_num % self.mc_batch_size:
+            raise ValueError(f"mc_num ({self.mc_num}) must be a multiple of mc_batch_size ({self.mc_batch_size})")
+        self.cfg = _as_float("cfg", cfg)
+        self.check_greedy = _as_bool("check_greedy", check_greedy)
+        self.steps, self.gen_length, self.block_length = (
+            _as_int("steps", steps), _as_int("gen_length", gen_length), _as_int("block_length", block_length))
+        self.temperature = _as_float("temperature", temperature)
+        self.remasking = remasking
+        check_schedule(self.steps, self.gen_length, self.block_length, remasking, self.temperature, self.cfg)
+        self.logits_eos_inf = _as_bool("logits_eos_inf", logits_eos_inf)
+        self.confidence_eos_eot_inf = _as_bool("confidence_eos_eot_inf", confidence_eos_eot_inf)
+        if dtype not in ("auto", *DTYPES):
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+        self.seed = _as_int("seed", seed, minimum=0)
+        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+            raise ValueError("batch_size must be a positive integer (this backend has no automatic batch size); "
+                             f"got {batch_size!r}")
+        self.batch_size = _as_int("batch_size", batch_size)
+        self._max_length_arg = None if max_length is None else _as_int("max_length", max_length, minimum=2)
+
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun with several processes
+            from accelerate import Accelerator
+
+            on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
+            self.accelerator = Accelerator(cpu=on_cpu)  # cpu=True: gloo process group (else: no group on CPU)
+            if self.accelerator.num_processes < 2:
+                raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate found a single process")
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            self._device = self.accelerator.device
+        else:
+            self._device = _pick_device(device)
+
+        self.pretrained = str(pretrained)
+        self.model, self.tokenizer = self._load(self.pretrained, dtype)
+        config = self.model.config
+        self.mask_id = int(config.mask_token_id)
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else getattr(config, "pad_token_id", None)
+        pad = pad if pad is not None else config.eos_token_id
+        if pad == self.mask_id:
+            raise ValueError(f"the tokenizer pads with the mask token ({self.mask_id}); set another pad token")
+        self.pad_id = int(pad)
+        vocab = self.tokenizer.get_vocab()
+        self.eot_id = vocab.get("<|eot_id|>")
+        self.stop_ids = sorted({i for i in (config.eos_token_id, self.tokenizer.eos_token_id, self.eot_id)
+                                if i is not None})
+        self.max_length = self._max_length_arg or int(getattr(config, "max_sequence_length", 4096))
+        self._warned: set[str] = set()
+        if self.batch_size == 1 and self.mc_num > 1 and self.rank == 0:
+            logger.warning("%s: batch_size=1 runs one Monte Carlo sample per forward (lm-eval's default); pass "
+                           "--batch_size 32 or more for speed (the estimates do not depend on it)", MODEL_NAME)
+        if self.rank == 0:
+            logger.info("%s: %s on %s, exact_ratio=%s chebyshev_degree=%s mc_num=%d mc_batch_size=%d cfg=%s "
+                        "batch_size=%d world_size=%d", MODEL_NAME, self.pretrained, self.device,
+                        config.hybrid_exact_ratio, config.hybrid_chebyshev_degree, self.mc_num,
+                        self.mc_batch_size, self.cfg, self.batch_size, self.world_size)
+
+    # lm-eval passes batch_size / device from its own flags next to --model_args; a model argument wins
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    def _load(self, name: str, dtype: str):
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = Path(name).expanduser()
+        looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") != 1
+        if looks_local and not path.is_dir():
+            raise FileNotFoundError(
+                f"{MODEL_NAME}: model directory {name!r} does not exist (build a tiny one with "
+                "`python scripts/make_tiny_model.py DIR`, or prepare the official weights with "
+                "`python scripts/prepare_model.py --source GSAI-ML/LLaDA-8B-Instruct --out DIR`)")
+        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
+        for field, value in (("hybrid_exact_ratio", self.exact_ratio),
+                             ("hybrid_chebyshev_degree", self.chebyshev_degree)):
+            if not hasattr(config, field):
+                raise ValueError(f"{name!r} is not a LLaDA-BS model directory (its config has no {field}); "
+                                 "prepare one with scripts/prepare_model.py")
+            if value is not None:
+                setattr(config, field, value)
+        if getattr(config, "mask_token_id", None) is None:
+            raise ValueError(f"{name!r}: the config has no mask_token_id")
+        torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if self._device.type == "cuda" else torch.float32)
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, **{dtype_kw: torch_dtype})
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        return model.to(self._device).eval().requires_grad_(False), tokenizer
+
+    # ---- distributed primitives used by lm-eval's evaluator --------------------------------------------------
+
+    def all_gather(self, tensor):
+        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self.accelerator is None:
+            return [obj]
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, result, dst=dst)
+        return result
+
+    def barrier(self):
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    # ---- chat templates (lm-eval's --apply_chat_template) ----------------------------------------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # named templates
+            key = chat_template if isinstance(chat_template, str) and chat_template in template else "default"
+            return template.get(key)
+        return template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.pretrained}: the tokenizer has no chat template; drop --apply_chat_template")
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    # ---- tokenisation ----------------------------------------------------------------------------------------
+
+    def tok_encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; the tokenizer's own special tokens, unless ``text`` already starts with BOS
+        (a chat-templated prompt), so BOS never appears twice."""
+        bos = self.tokenizer.bos_token
+        return self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation ids, split from the encoding of the whole text (trailing spaces of the
+        context move to the continuation, as lm-eval does); the context is cut from the left when too long."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        cont = whole[len(ctx) :]
+        if whole[: len(ctx)] != ctx or not cont:  # a merge across the boundary: encode the parts separately
+            cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not cont:
+            raise ValueError(f"the continuation {continuation!r} is empty after tokenisation")
+        if len(cont) >= self.max_length:
+            raise ValueError(f"a continuation of {len(cont)} tokens does not fit max_length ({self.max_length})")
+        if len(ctx) + len(cont) > self.max_length:
+            self._warn_once("truncate", f"contexts longer than max_length ({self.max_length}) minus the "
+                                        "continuation are cut from the left")
+            ctx = ctx[len(ctx) + len(cont) - self.max_length :]
+        return ctx, cont
+
+    def _warn_once(self, key: str, message: str):
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%s: %s", MODEL_NAME, message)
+
+    # ---- request types ---------------------------------------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """``[(log p(continuation | context), is_greedy)]`` for ``Instance``s with ``args = (context, cont)``."""
+        if not requests:
+            return []
+        pairs = [self._encode_pair(*req.args) for req in requests]
+        progress = not disable_tqdm and self.rank == 0
+        values = mc_loglikelihoods(self.model, pairs, mask_id=self.mask_id, pad_id=self.pad_id, mc_num=self.mc_num,
+                                   mc_batch_size=self.mc_batch_size, cfg=self.cfg, batch_size=self.batch_size,
+                                   seed=self.seed, progress=progress)
+        if self.check_greedy:
+            greedy = greedy_matches(self.model, pairs, mask_id=self.mask_id, pad_id=self.pad_id, cfg=self.cfg,
+                                    batch_size=self.batch_size, progress=progress)
+        else:
+            self._warn_once("greedy", "is_greedy is reported False (check_greedy=False); tasks that score greedy "
+                                      "matches (e.g. lambada's acc) need check_greedy=True")
+            greedy = [False] * len(pairs)
+        results = list(zip(values, greedy))
+        for req, res in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", req.args, res)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            f"{MODEL_NAME} does not implement loglikelihood_rolling (perplexity tasks such as wikitext): a masked "
+            "diffusion model has no left-to-right token probabilities; use multiple-choice (loglikelihood) or "
+            "generate_until tasks")
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """One answer per ``Instance`` with ``args = (context, gen_kwargs)``: LLaDA's sampler with the model
+        arguments' settings, cut at EOS / ``<|eot_id|>`` and at the first of ``gen_kwargs["until"]``."""
+        if not requests:
+            return []
+        if self.gen_length >= self.max_length:
+            raise ValueError(f"gen_length ({self.gen_length}) leaves no room for a prompt within max_length "
+                             f"({self.max_length}); lower gen_length")
+        prompts, stops = [], []
+        for req in requests:
+            context, gen_kwargs = req.args
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None) or []
+            stops.append([until] if isinstance(until, str) else list(until))
+            ignored = sorted(gen_kwargs)
+            if ignored:
+                self._warn_once("gen_kwargs", f"generation kwargs {ignored} are ignored: the sampler is set by the "
+                                              "model arguments (steps, gen_length, block_length, temperature, ...)")
+            ids = self.tok_encode(context) or [self.pad_id]
+            room = self.max_length - self.gen_length
+            if len(ids) > room:
+                self._warn_once("truncate_gen", f"prompts longer than max_length - gen_length ({room}) are cut "
+                                                "from the left")
+                ids = ids[-room:]
+            prompts.append(ids)
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        answers: list[str] = [""] * len(prompts)
+        stop_ids = torch.tensor(self.stop_ids, device=self.device, dtype=torch.long)
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        for idx in tqdm(batches, desc="llada_bs generate_until", disable=disable_tqdm or self.rank != 0):
+            ids, mask = left_pad([prompts[i] for i in idx], self.pad_id)
+            out = generate(self.model, ids.to(self.device), mask.to(self.device), steps=self.steps,
+                           gen_length=self.gen_length, block_length=self.block_length, temperature=self.temperature,
+                           cfg_scale=self.cfg, remasking=self.remasking, mask_id=self.mask_id,
+                           eot_token_id=self.eot_id, logits_eos_inf=self.logits_eos_inf,
+                           confidence_eos_eot_inf=self.confidence_eos_eot_inf, generator=generator)
+            gen = out[:, ids.shape[1] :]
+            is_stop = torch.isin(gen, stop_ids)
+            ends = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), gen.shape[1]).tolist()
+            for row, i in enumerate(idx):
+                text = self.tokenizer.decode(gen[row, : ends[row]].tolist(), skip_special_tokens=True)
+                answers[i] = cut_at_stop_strings(text, stops[i])
+        for req, answer in zip(requests, answers):
+            self.cache_hook.add_partial("generate_until", req.args, answer)
+        return answers
+
+
+def _pick_device(device: str | None) -> torch.device:
+    """``auto``/None: CUDA when available, else CPU. A CUDA device on a machine without CUDA falls back to the
+    CPU with a warning (lm-eval's command line passes ``cuda:0`` unless told ``--device``)."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N, ...; got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("%s: device %r requested but CUDA is not available; using the CPU", MODEL_NAME, device)
+        return torch.device("cpu")
+    return dev
