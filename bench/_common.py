@@ -132,7 +132,7 @@ def random_llada(full_size: bool, device="cpu", dtype=torch.float32, **overrides
     else:
         fields = dict(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816, vocab_size=32768,
                       embedding_size=32768, max_sequence_length=4096, mask_token_id=32000, eos_token_id=32001,
-                      pad_token_id=32001)
+                      pad_token_id=32001, bos_token_id=32002)
     torch.manual_seed(0)
     with torch.device(device):
         return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()
