@@ -118,21 +118,27 @@ def emit_json(payload: dict) -> None:
     print(json.dumps(payload, default=lambda o: round(o, 6) if isinstance(o, float) else str(o)))
 
 
-def random_llada(full_size: bool, device="cpu", dtype=torch.float32, **overrides):
-    """A LLaDA-BS model with random weights: the LLaDA-8B shape (``full_size``) or a mid-size one (8 layers,
-    d_model 1024, 8 heads of 128, SwiGLU 2816, vocabulary 32768). ``overrides`` set config fields (token ids)."""
+SIZES = {  # random LLaDA shapes of the benchmarks; "full" is LLaDA-8B's own config
+    "small": dict(d_model=256, n_heads=4, n_layers=4, mlp_hidden_size=704),
+    "mid": dict(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816),
+}
+
+
+def random_llada(size: str = "mid", device="cpu", dtype=torch.float32, **overrides):
+    """A LLaDA-BS model with random weights: ``"full"`` (the LLaDA-8B shape), ``"mid"`` (8 layers, d_model 1024,
+    8 heads of 128, SwiGLU 2816) or ``"small"`` (4 layers, d_model 256); vocabulary 32768 except for "full".
+    ``overrides`` set config fields (token ids)."""
     import json
 
     from configuration_llada import LLaDAConfig
     from modeling_llada import LLaDAModelLM
 
-    if full_size:
+    if size == "full":
         fields = json.loads((REPO / "LLaDA-8B-Instruct-BS" / "config.json").read_text())
         fields.pop("auto_map", None)
     else:
-        fields = dict(d_model=1024, n_heads=8, n_layers=8, mlp_hidden_size=2816, vocab_size=32768,
-                      embedding_size=32768, max_sequence_length=4096, mask_token_id=32000, eos_token_id=32001,
-                      pad_token_id=32001, bos_token_id=32002)
+        fields = dict(SIZES[size], vocab_size=32768, embedding_size=32768, max_sequence_length=4096,
+                      mask_token_id=32000, eos_token_id=32001, pad_token_id=32001, bos_token_id=32002)
     torch.manual_seed(0)
     with torch.device(device):
         return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()

@@ -70,7 +70,7 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
 
 def end_to_end(device, dtype, length, repeats):
     """One forward of the random mid-size LLaDA (8 layers, d_model 1024) at ``length``: exact vs hybrid."""
-    model = random_llada(False, device, dtype)
+    model = random_llada("mid", device, dtype)
     cfg = model.config
     ids = torch.randint(0, cfg.vocab_size, (1, length), device=device)
 

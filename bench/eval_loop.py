@@ -2,7 +2,7 @@
 """Throughput of the evaluation loop (support_basis.evaluation.runner): items/s at batch 1 vs batch 8.
 
     python bench/eval_loop.py               # CPU: random mid-size LLaDA (8 layers, d_model 1024), fp32
-    python bench/eval_loop.py --full-size   # the LLaDA-8B shape with random weights, bf16 (meant for a GPU)
+    python bench/eval_loop.py --size full   # the LLaDA-8B shape with random weights, bf16 (meant for a GPU)
 
 The items are this project's fixture questions of all five tasks (their real prompts, through the chat template
 and a small BPE tokenizer), answered with the paper's setting (gen_length 32, 8 steps, block 32) and recorded as
@@ -44,18 +44,19 @@ def fixture_items(repeat: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full-size", action="store_true")
+    p.add_argument("--size", default="mid", choices=["small", "mid", "full"],
+                   help="random model: small (4 x 256), mid (8 layers x 1024, default), full (the LLaDA-8B shape)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the fixture questions (default 1: 25 items)")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if (device == "cuda" or a.full_size) else torch.float32
+    dtype = torch.bfloat16 if (device == "cuda" or a.size == "full") else torch.float32
     tokenizer = build_tokenizer(512)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|mdm_mask|>", "<|endoftext|>")}
-    model = random_llada(a.full_size, device, dtype, mask_token_id=ids["<|mdm_mask|>"],
+    model = random_llada(a.size, device, dtype, mask_token_id=ids["<|mdm_mask|>"],
                          eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
     work = fixture_items(a.repeat)
     n_items = sum(len(items) for _, items in work)
-    shape = "LLaDA-8B shape" if a.full_size else "mid-size (8 layers, d_model 1024)"
+    shape = {"full": "LLaDA-8B shape", "mid": "mid-size (8 layers, d_model 1024)", "small": "small (4 layers, d_model 256)"}[a.size]
     print(f"# eval loop: random {shape}, {str(dtype)[6:]} on {device}; {n_items} fixture items of 5 tasks; "
           f"gen_length 32 (64 GPQA), 8 steps per block; {machine()}")
     rows = []
@@ -81,7 +82,7 @@ def main(argv=None):
         by = {r["batch"]: r["items_per_s"] for r in rows if r["attention"] == name}
         speedup[name] = by[8] / by[1]
         print(f"batch 8 / batch 1 items/s, {name}: {speedup[name]:.2f}x")
-    emit_json(dict(bench="eval_loop", machine=machine(), device=device, dtype=str(dtype), full_size=a.full_size,
+    emit_json(dict(bench="eval_loop", machine=machine(), device=device, dtype=str(dtype), size=a.size,
                    items=n_items, rows=rows, batch8_over_batch1=speedup))
 
 

@@ -2,7 +2,8 @@
 """Sampler throughput: tokens/s and forward passes/s, batch 1 vs batch 8 (padded), exact vs hybrid attention.
 
     python bench/generate.py                 # CPU: random mid-size LLaDA (8 layers, d_model 1024), fp32
-    python bench/generate.py --full-size     # the LLaDA-8B shape with random weights (bf16; meant for a GPU)
+    python bench/generate.py --size full     # the LLaDA-8B shape with random weights (bf16; meant for a GPU)
+    python bench/generate.py --size small    # 4 layers x 256: where batching pays on a CPU
 
 Eight prompts of different lengths (random tokens, 48..160) answered with the paper's setting (gen_length 32,
 8 steps, block 32): one at a time (batch 1) and as one left-padded batch of 8. Prints a table, then one JSON line.
@@ -41,17 +42,18 @@ def run(model, seqs, batch_size, steps, gen_length, block_length, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full-size", action="store_true", help="LLaDA-8B shape with random weights")
+    p.add_argument("--size", default="mid", choices=["small", "mid", "full"],
+                   help="random model: small (4 x 256), mid (8 layers x 1024, default), full (the LLaDA-8B shape)")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--gen-length", type=int, default=32)
     p.add_argument("--block-length", type=int, default=32)
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if (device == "cuda" or a.full_size) else torch.float32
-    model = random_llada(a.full_size, device, dtype)
+    dtype = torch.bfloat16 if (device == "cuda" or a.size == "full") else torch.float32
+    model = random_llada(a.size, device, dtype)
     seqs = prompts(a.prompts, model.config.vocab_size)
-    shape = "LLaDA-8B shape" if a.full_size else "mid-size (8 layers, d_model 1024)"
+    shape = {"full": "LLaDA-8B shape", "mid": "mid-size (8 layers, d_model 1024)", "small": "small (4 layers, d_model 256)"}[a.size]
     print(f"# generate: random {shape}, {str(dtype)[6:]} on {device}; {a.prompts} prompts of 48..160 tokens, "
           f"gen_length {a.gen_length}, steps {a.steps}, block {a.block_length}; {machine()}")
     run(model, seqs[:2], 2, 2, a.block_length, a.block_length, device)  # warm-up (kernels, compilation)
@@ -69,7 +71,7 @@ def main(argv=None):
         by_batch = {r["batch"]: r["tokens_per_s"] for r in rows if r["attention"] == name}
         speedup[name] = by_batch[8] / by_batch[1]
         print(f"batch 8 / batch 1 tokens/s, {name}: {speedup[name]:.2f}x")
-    emit_json(dict(bench="generate", machine=machine(), device=device, dtype=str(dtype), full_size=a.full_size,
+    emit_json(dict(bench="generate", machine=machine(), device=device, dtype=str(dtype), size=a.size,
                    rows=rows, batch8_over_batch1=speedup,
                    targets={"batch8_ge_3x_batch1": all(v >= 3 for v in speedup.values())}))
 
