@@ -123,29 +123,30 @@ def _compute_dtype(query: torch.Tensor) -> torch.dtype:
     return torch.float64 if query.dtype == torch.float64 else torch.float32
 
 
-def _mask_to_bias(
+def _prepare_mask(
     mask: torch.Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor | None:
-    """A 4-D additive bias (``dtype``) broadcastable to ``shape`` with ``-inf`` exactly at masked pairs, or ``None``."""
+    """``mask`` as a 4-D tensor broadcastable to ``shape``: a boolean mask stays boolean (True = attend: one byte
+    per pair, applied to each chunk of scores in place); a float mask becomes a ``dtype`` bias with ``-inf``
+    exactly at its masked pairs (``<= MASKED_BIAS``). ``None`` stays ``None``."""
     if mask is None:
         return None
     if mask.dim() > 4:
         raise ValueError(f"attention_mask must have at most 4 dims, got shape {tuple(mask.shape)}")
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    try:
-        torch.broadcast_shapes(mask.shape, shape)
-    except RuntimeError:
-        raise ValueError(
-            f"attention_mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Lq, Lk) = {shape}"
-        ) from None
     if any(m not in (1, s) for m, s in zip(mask.shape, shape)):
-        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not broadcast to {shape}")
+        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Lq, Lk) = {shape}")
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
+        return mask
     if not mask.is_floating_point():
         raise TypeError(f"attention_mask must be bool (True = attend) or a float bias, got dtype {mask.dtype}")
     bias = mask.to(dtype)
     return bias.masked_fill(bias <= MASKED_BIAS, -math.inf)
+
+
+def _valid_pairs(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean validity of a prepared mask (True = the pair takes part)."""
+    return mask if mask.dtype == torch.bool else mask > -math.inf
 
 
 @lru_cache(maxsize=8)
@@ -203,14 +204,14 @@ class _SamplePlan:
     the order statistics need no data-dependent rank.
     """
 
-    def __init__(self, bias: torch.Tensor | None, shape: tuple[int, int, int, int], num_samples: int, device):
+    def __init__(self, mask: torch.Tensor | None, shape: tuple[int, int, int, int], num_samples: int, device):
         b, h, lq, lk = shape
         # a grid of at most Lq*Lk valid cells is enumerated exactly by Lq*Lk samples: more would only repeat it
         num_samples = min(num_samples, lq * lk)
-        if bias is None:
+        if mask is None:
             self.flat, self.take = _unmasked_positions(lq, lk, num_samples, torch.device(device)), None
         else:
-            valid = bias > -math.inf
+            valid = _valid_pairs(mask)
             bm, hm = valid.shape[:2]
             rows = valid.any(-1).expand(bm, hm, lq).reshape(bm * hm, lq)
             cols = valid.any(-2).expand(bm, hm, lk).reshape(bm * hm, lk)
@@ -300,19 +301,19 @@ def hybrid_attention(
     """
     _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples)
     b, h, lq, d = query.shape
-    hkv, lk = key.shape[1], key.shape[2]
+    lk = key.shape[2]
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
     if exact_ratio >= 1:
         return _exact_attention(query, key, value, attention_mask, scale)
 
     shape = (b, h, lq, lk)
-    bias = _mask_to_bias(attention_mask, shape, _compute_dtype(query))
-    plan = _SamplePlan(bias, shape, num_samples, query.device)
+    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
+    plan = _SamplePlan(mask, shape, num_samples, query.device)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     block = _block_kernel()
     out_pairs = out.view(b * h, lq, -1)
     values_pairs = value.flatten(0, 1)
-    for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, bias, scale):
+    for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale):
         lo, hi = _chunk_thresholds(scores, *plan.for_pairs(batch_ids, head_ids), exact_ratio)
         alpha, beta, top, coef = _polynomial(lo, hi, chebyshev_degree)
         values = values_pairs.index_select(0, kv_pairs).to(scores.dtype)
@@ -342,11 +343,11 @@ def hybrid_thresholds(
     lk = key.shape[2]
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
     shape = (b, h, lq, lk)
-    bias = _mask_to_bias(attention_mask, shape, _compute_dtype(query))
-    plan = _SamplePlan(bias, shape, num_samples, query.device)
+    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
+    plan = _SamplePlan(mask, shape, num_samples, query.device)
     lo = torch.empty(b * h, dtype=_compute_dtype(query), device=query.device)
     hi = torch.empty_like(lo)
-    for pairs, scores, _, batch_ids, head_ids in _score_chunks(query, key, bias, scale):
+    for pairs, scores, _, batch_ids, head_ids in _score_chunks(query, key, mask, scale):
         plan_pairs = plan.for_pairs(batch_ids, head_ids)
         lo[pairs], hi[pairs] = _chunk_thresholds(scores, *plan_pairs, min(exact_ratio, 1.0))
     return lo.view(b, h), hi.view(b, h)
@@ -357,13 +358,13 @@ def _exact_attention(query, key, value, attention_mask, scale):
     fully masked row outputs 0, as it does for a boolean mask."""
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         shape = tuple(query.shape[:3]) + (key.shape[2],)
-        attention_mask = _mask_to_bias(attention_mask, shape).to(query.dtype)
+        attention_mask = _prepare_mask(attention_mask, shape).to(query.dtype)
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
     )
 
 
-def _score_chunks(query, key, bias, scale):
+def _score_chunks(query, key, mask, scale):
     """Yield fp32 scores for chunks of (batch, head) pairs, with what each chunk needs.
 
     Pairs are flattened (``pair = b * H + h``) so that a chunk may span several sequences of a batch: the work per
@@ -390,21 +391,23 @@ def _score_chunks(query, key, bias, scale):
         q = queries[pairs].to(compute) * scale  # scaling the small operand saves a pass over the scores
         k = keys.index_select(0, kv_pairs).to(compute)
         scores = buffer[: q.shape[0]]
-        if bias is None:
+        if mask is None or mask.dtype == torch.bool:
             torch.bmm(q, k.transpose(1, 2), out=scores)
+            if mask is not None:
+                scores.masked_fill_(~_rows_for_pairs(mask, batch_ids, head_ids), -math.inf)
         else:
-            chunk_bias = _bias_for_pairs(bias, batch_ids, head_ids).expand_as(scores)
+            chunk_bias = _rows_for_pairs(mask, batch_ids, head_ids).expand_as(scores)
             torch.baddbmm(chunk_bias, q, k.transpose(1, 2), out=scores)
         yield pairs, scores, kv_pairs, batch_ids, head_ids
 
 
-def _bias_for_pairs(bias: torch.Tensor, batch_ids: torch.Tensor, head_ids: torch.Tensor) -> torch.Tensor:
-    """The rows ``(P or 1, Lq or 1, Lk or 1)`` of a broadcast bias ``(Bm, Hm, ., .)`` for the given pairs."""
-    if bias.shape[0] == 1 and bias.shape[1] == 1:
-        return bias[0]
-    bi = batch_ids if bias.shape[0] > 1 else torch.zeros_like(batch_ids)
-    hi = head_ids if bias.shape[1] > 1 else torch.zeros_like(head_ids)
-    return bias[bi, hi]
+def _rows_for_pairs(mask: torch.Tensor, batch_ids: torch.Tensor, head_ids: torch.Tensor) -> torch.Tensor:
+    """The rows ``(P or 1, Lq or 1, Lk or 1)`` of a broadcast mask ``(Bm, Hm, ., .)`` for the given pairs."""
+    if mask.shape[0] == 1 and mask.shape[1] == 1:
+        return mask[0]
+    bi = batch_ids if mask.shape[0] > 1 else torch.zeros_like(batch_ids)
+    hi = head_ids if mask.shape[1] > 1 else torch.zeros_like(head_ids)
+    return mask[bi, hi]
 
 
 def _chunk_thresholds(scores, flat, take, exact_ratio):

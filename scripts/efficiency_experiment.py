@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ if str(REPO) not in sys.path:
 import torch
 
 from support_basis import efficiency as eff
+from support_basis.reporting import machine
 
 FULL = {
     "n": 4096,
@@ -192,22 +192,6 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
 # ----------------------------------------------------------------------------------------------------------------
 # Reporting
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    """One line describing where the numbers were taken."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        desc += f", GPU {torch.cuda.get_device_name()}"
-    return desc
 
 
 def _fmt(value, spec: str) -> str:

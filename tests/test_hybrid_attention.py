@@ -276,6 +276,26 @@ def test_bad_shapes_are_explained(rng):
         hybrid_attention(q, k, v, torch.ones(1, 1, 5, 4, dtype=torch.bool), exact_ratio=0.2, chebyshev_degree=6)
 
 
+def test_memory_is_bounded_by_chunks_not_by_the_score_matrix():
+    """Peak extra memory (fresh process) stays far below one (B, H, L, L) fp32 score tensor (512 MB here)."""
+    code = r"""
+import resource, torch, hybrid_attention as ha
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1, 2, 64, 16, generator=g); ha.hybrid_attention(x, x, x, exact_ratio=0.2, chebyshev_degree=6)
+q, k, v = (torch.randn(4, 32, 1024, 64, generator=g) for _ in range(3))
+m = torch.ones(4, 1, 1024, 1024, dtype=torch.bool); m[0, ..., :100] = False
+base = peak()
+ha.hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6)
+print(peak() - base)
+"""
+    env = dict(os.environ, HYBRID_ATTENTION_COMPILE="0")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert float(res.stdout.strip()) < 128  # MB; the full score tensor would be 512 MB
+
+
 def test_compiled_kernel_matches_eager(tmp_path):
     """The torch.compile-d block kernel computes what the eager definition computes (run in a fresh process)."""
     code = r"""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
@@ -10,6 +9,7 @@ from tqdm.auto import tqdm
 
 from generate import encode_prompts, generate
 
+from ..reporting import machine
 from .answers import parse_choice
 from .records import RecordStore, score
 from .tasks import Item, Task
@@ -80,7 +80,7 @@ def evaluate(
         "wall_seconds": seconds,
         "items_per_s": new / seconds if new and seconds > 0 else None,
         "world_size": world_size,
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "machine": machine(),
     }
     store.write_summary(summary)
     return summary
