@@ -292,6 +292,8 @@ def hybrid_attention(
       tested to stay within +-0.01). Padding a sequence inside a batch changes neither its sample nor its output.
     - scores and weights are fp32 whatever the input dtype; no host synchronisation (no ``.item()``, no
       NumPy); polynomial coefficients are computed on the input's device.
+    - autograd: gradients flow through every weight (exact and polynomial) and the values; the thresholds and
+      the interval they define are treated as constants (a selection, like top-k), as in the reference.
     - memory: fp32 scores are materialised for a chunk of (batch, head) pairs at a time (4 MB on CPU, 1 GB on
       GPU, and at least one head: 64 MB at Lq = Lk = 4096), never as a full ``(B, H, Lq, Lk)`` tensor; on CPU
       weights exist only for a cache-sized block of rows at a time.
@@ -382,7 +384,9 @@ def _score_chunks(query, key, mask, scale):
     keys = key.flatten(0, 1)
     pair_ids = torch.arange(b * h, device=query.device)
     # one buffer for every chunk: a fresh allocation per chunk costs page faults comparable to the matmul itself
-    buffer = torch.empty(min(chunk, b * h), lq, lk, dtype=compute, device=query.device)
+    # (only without autograd: a matmul into a preallocated `out=` cannot be differentiated)
+    track = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    buffer = None if track else torch.empty(min(chunk, b * h), lq, lk, dtype=compute, device=query.device)
     for p0 in range(0, b * h, chunk):
         pairs = slice(p0, min(b * h, p0 + chunk))
         batch_ids = torch.div(pair_ids[pairs], h, rounding_mode="floor")
@@ -390,14 +394,14 @@ def _score_chunks(query, key, mask, scale):
         kv_pairs = batch_ids * hkv + torch.div(head_ids, group, rounding_mode="floor")
         q = queries[pairs].to(compute) * scale  # scaling the small operand saves a pass over the scores
         k = keys.index_select(0, kv_pairs).to(compute)
-        scores = buffer[: q.shape[0]]
+        out = {} if buffer is None else {"out": buffer[: q.shape[0]]}
         if mask is None or mask.dtype == torch.bool:
-            torch.bmm(q, k.transpose(1, 2), out=scores)
+            scores = torch.bmm(q, k.transpose(1, 2), **out)
             if mask is not None:
-                scores.masked_fill_(~_rows_for_pairs(mask, batch_ids, head_ids), -math.inf)
+                scores = scores.masked_fill_(~_rows_for_pairs(mask, batch_ids, head_ids), -math.inf)
         else:
-            chunk_bias = _rows_for_pairs(mask, batch_ids, head_ids).expand_as(scores)
-            torch.baddbmm(chunk_bias, q, k.transpose(1, 2), out=scores)
+            chunk_bias = _rows_for_pairs(mask, batch_ids, head_ids).expand(q.shape[0], lq, lk)
+            scores = torch.baddbmm(chunk_bias, q, k.transpose(1, 2), **out)
         yield pairs, scores, kv_pairs, batch_ids, head_ids
 
 
@@ -411,7 +415,8 @@ def _rows_for_pairs(mask: torch.Tensor, batch_ids: torch.Tensor, head_ids: torch
 
 
 def _chunk_thresholds(scores, flat, take, exact_ratio):
-    """Per-head ``(lo, hi)`` for a chunk of scores ``(hc, Lq, Lk)`` with -inf at masked pairs."""
+    """Per-head ``(lo, hi)`` for a chunk of scores ``(hc, Lq, Lk)`` with -inf at masked pairs (no gradient)."""
+    scores = scores.detach()  # the thresholds select; they are not differentiated (see the op's contract)
     hc = scores.shape[0]
     if exact_ratio == 0:
         # approximate everything: the interval is the exact range of the valid scores
@@ -563,7 +568,7 @@ def hybrid_attention_reference(
                 if thresholds is not None:
                     lo, hi = float(thresholds[0][bi, hi_]), float(thresholds[1][bi, hi_])
                 else:
-                    srt = torch.sort(vals).values
+                    srt = torch.sort(vals.detach()).values  # thresholds are constants (see the contract)
                     n = srt.numel()
                     kk = math.floor(exact_ratio / 2 * n)
                     lo, hi = float(srt[kk]), float(srt[n - 1 - kk])

@@ -276,6 +276,21 @@ def test_bad_shapes_are_explained(rng):
         hybrid_attention(q, k, v, torch.ones(1, 1, 5, 4, dtype=torch.bool), exact_ratio=0.2, chebyshev_degree=6)
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "random_bool", "float_bias"])
+def test_autograd_matches_the_reference(rng, mask_kind):
+    """Called with autograd on (a model used without torch.no_grad), the op differentiates like its reference."""
+    q, k, v = (t.double() for t in qkv(rng, 2, 4, 2, 30, 30, 16))
+    mask = make_mask(mask_kind, rng, 2, 30, 30)
+    with torch.enable_grad():
+        grads = []
+        for fn in (hybrid_attention, hybrid_attention_reference):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            fn(*leaves, mask, exact_ratio=0.2, chebyshev_degree=6).square().sum().backward()
+            grads.append([t.grad for t in leaves])
+    for fast, ref in zip(*grads):
+        assert torch.isfinite(fast).all() and rel_err(fast, ref) < 1e-8
+
+
 def test_memory_is_bounded_by_chunks_not_by_the_score_matrix():
     """Peak extra memory (fresh process) stays far below one (B, H, L, L) fp32 score tensor (512 MB here)."""
     code = r"""

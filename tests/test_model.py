@@ -250,3 +250,16 @@ def test_official_config_loads_with_auto_config(shared_reference, tmp_path):
     cfg = AutoConfig.from_pretrained(d, trust_remote_code=True)
     assert (cfg.hybrid_exact_ratio, cfg.hybrid_chebyshev_degree) == (0.2, 6)
     assert cfg.use_cache is False and cfg.mask_token_id == 126336 and cfg.n_layers == 32
+
+
+def test_forward_and_backward_with_autograd_on(tiny_model_dir, rng):
+    """Loaded and called as-is (no torch.no_grad): the hybrid forward runs and gradients reach every weight."""
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    ids = torch.randint(0, 400, (2, 16), generator=rng)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :5] = 0
+    with torch.enable_grad():
+        model(ids, attention_mask=mask).logits.square().mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["model.transformer.blocks.0.q_proj.weight"].abs().sum() > 0
