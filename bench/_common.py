@@ -34,6 +34,23 @@ def best_ms(fn, device="cpu", repeats: int = 3, warmup: int = 1) -> float:
     return best * 1e3
 
 
+def interleaved_ms(fns: dict, device="cpu", rounds: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times (ms) of each function, one call each per round, rounds interleaved: a slow spell of a shared
+    machine hits every function alike, so per-round ratios are steadier than ratios of separate best-ofs."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 class PeakMemory:
     """Peak extra memory of a block, in MB: CUDA allocator peak, or the process's resident high-water mark.
 

@@ -4,7 +4,7 @@
     python bench/attention.py                     # CPU fp32, L = 256 ... 4096 (about 3 minutes on 2 cores)
     python bench/attention.py --lengths 1024 --skip-e2e
 
-Per length (B=1, H=32, D=128; fp32 on CPU, bf16 on CUDA when present): SDPA ms, hybrid ms and their ratio;
+Per length (B=1, H=32, D=128; fp32 on CPU, bf16 on CUDA when present): SDPA ms, hybrid ms and their ratio (medians over interleaved rounds);
 relative Frobenius error of the output against float64 exact attention at (ratio, degree) = (0.2, 4) and
 (0.2, 6); peak extra memory of the hybrid call; the published implementation's time and error (up to
 ``--paper-max-len``). Then one forward of a random mid-size LLaDA (8 layers, d_model 1024) at L=1024, exact vs
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
-
-from _common import PeakMemory, best_ms, emit_json, machine, print_table, random_llada
+from _common import PeakMemory, best_ms, emit_json, interleaved_ms, machine, print_table, random_llada
+from paper_baseline import paper_hybrid_attention  # noqa: E402
 
 from hybrid_attention import hybrid_attention  # noqa: E402  (path set by _common)
-from paper_baseline import paper_hybrid_attention  # noqa: E402
 
 
 def exact_float64(q, k, v) -> torch.Tensor:
@@ -45,17 +45,19 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
     q = (torch.randn(1, heads, l, dim, generator=g) * score_std).to(device, dtype)
     k = torch.randn(1, heads, l, dim, generator=g).to(device, dtype)
     v = torch.randn(1, heads, l, dim, generator=g).to(device, dtype)
-    rep = repeats if l <= 1024 else max(1, repeats - 1)
-    sdpa = best_ms(lambda: F.scaled_dot_product_attention(q, k, v), device, rep)
-    hyb = best_ms(lambda: hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6), device, rep)
+    rounds = repeats if l <= 1024 else max(2, repeats - 2)
+    times = interleaved_ms({"sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+                            "hybrid": lambda: hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)},
+                           device, rounds)
+    ratios = sorted(h / s for s, h in zip(times["sdpa"], times["hybrid"]))
     with PeakMemory(device) as mem:
         out6 = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
     ref = exact_float64(q, k, v)
     row = dict(
         L=l,
-        sdpa_ms=sdpa,
-        hybrid_ms=hyb,
-        ratio=hyb / sdpa,
+        sdpa_ms=statistics.median(times["sdpa"]),
+        hybrid_ms=statistics.median(times["hybrid"]),
+        ratio=statistics.median(ratios),  # median over rounds of the per-round ratio
         err_deg4=rel_err(hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=4), ref),
         err_deg6=rel_err(out6, ref),
         peak_mb=mem.mb,
@@ -63,7 +65,7 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
     if l <= paper_max_len:
         qp, kp, vp = q.float(), k.float(), v.float()
         row["paper_ms"] = best_ms(lambda: paper_hybrid_attention(qp, kp, vp), device, 1)
-        row["paper_ratio"] = row["paper_ms"] / sdpa
+        row["paper_ratio"] = row["paper_ms"] / row["sdpa_ms"]
         row["paper_err_deg6"] = rel_err(paper_hybrid_attention(qp, kp, vp, 0.2, 6), ref)
     return row
 
@@ -78,11 +80,16 @@ def end_to_end(device, dtype, length, repeats):
         with torch.no_grad():
             model(ids)
 
-    times = {}
-    for name, ratio in (("exact", 1.0), ("hybrid", 0.2)):
-        model.config.hybrid_exact_ratio = ratio
-        times[name] = best_ms(forward, device, repeats)
-    return dict(L=length, exact_ms=times["exact"], hybrid_ms=times["hybrid"], ratio=times["hybrid"] / times["exact"])
+    def with_ratio(ratio):
+        def run():
+            model.config.hybrid_exact_ratio = ratio
+            forward()
+        return run
+
+    times = interleaved_ms({"exact": with_ratio(1.0), "hybrid": with_ratio(0.2)}, device, max(2, repeats - 2))
+    ratios = [h / e for e, h in zip(times["exact"], times["hybrid"])]
+    return dict(L=length, exact_ms=statistics.median(times["exact"]), hybrid_ms=statistics.median(times["hybrid"]),
+                ratio=statistics.median(ratios))
 
 
 def main(argv=None):
@@ -92,7 +99,7 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--score-std", type=float, default=1.0, help="standard deviation of the attention scores")
     p.add_argument("--paper-max-len", type=int, default=2048, help="longest L for the published implementation")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (fewer above L=1024)")
     p.add_argument("--skip-e2e", action="store_true")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,15 +12,13 @@ a real run does (records.jsonl in a temporary directory). Prints a table, then o
 from __future__ import annotations
 
 import argparse
+import sys  # noqa: E402
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
 from _common import REPO, emit_json, machine, print_table, random_llada, sync
-
-import sys  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 from make_tiny_model import build_tokenizer  # noqa: E402

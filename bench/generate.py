@@ -15,7 +15,6 @@ import argparse
 import time
 
 import torch
-
 from _common import emit_json, machine, print_table, random_llada, sync
 
 from generate import generate, left_pad  # noqa: E402  (path set by _common)

@@ -16,11 +16,10 @@ import math
 import os
 
 import torch
-
 from _common import emit_json, machine, print_table
+from paper_baseline import paper_hybrid_attention  # noqa: E402
 
 from hybrid_attention import hybrid_attention  # noqa: E402  (path set by _common)
-from paper_baseline import paper_hybrid_attention  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar on stage while the crowd sings along.",
