@@ -302,8 +302,8 @@ def hybrid_attention(
       GPU, and at least one head: 64 MB at Lq = Lk = 4096), never as a full ``(B, H, Lq, Lk)`` tensor; on CPU
       weights exist only for a cache-sized block of rows at a time.
     - speed: the weights of a row block and their product with ``value`` run as one ``torch.compile``-d
-      kernel (C++ on CPU, Triton on GPU; compiled once per degree and process). ``HYBRID_ATTENTION_COMPILE=0``
-      or a failed compilation selects the identical eager definition.
+      kernel (Triton on GPU by default; C++ on CPU with ``HYBRID_ATTENTION_COMPILE=1``; compiled once per degree
+      and process). Otherwise, or if compilation fails, the identical eager definition runs.
     """
     _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples)
     b, h, lq, d = query.shape
@@ -316,7 +316,7 @@ def hybrid_attention(
     mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
     plan = _SamplePlan(mask, shape, num_samples, query.device)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
-    block = _block_kernel()
+    block = _block_kernel(query.device)
     out_pairs = out.view(b * h, lq, -1)
     values_pairs = value.flatten(0, 1)
     for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale):
@@ -496,9 +496,16 @@ def _block_attention(scores, values, alpha, beta, top, coef, degree: int):
 _COMPILED = {}
 
 
-def _block_kernel():
-    """``_block_attention``, compiled with torch.compile unless ``HYBRID_ATTENTION_COMPILE=0`` or it fails."""
-    if os.environ.get("HYBRID_ATTENTION_COMPILE", "1") == "0" or torch.compiler.is_compiling():
+def _block_kernel(device: torch.device):
+    """``_block_attention``, compiled with torch.compile or eager.
+
+    ``HYBRID_ATTENTION_COMPILE``: ``1`` compiles everywhere, ``0`` never, unset compiles on GPUs only: there
+    Triton fuses the block in seconds, while the C++ build on a CPU costs 20-40 s per process (worth it for long
+    runs, not for a smoke test). A failed compilation falls back to the identical eager definition.
+    """
+    setting = os.environ.get("HYBRID_ATTENTION_COMPILE", "auto")
+    wanted = setting == "1" or (setting != "0" and device.type == "cuda")
+    if not wanted or torch.compiler.is_compiling():
         return _block_attention
     if "fn" not in _COMPILED:
         compiled = torch.compile(_block_attention, dynamic=True)

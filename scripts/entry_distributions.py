@@ -18,7 +18,7 @@ real tokens only (padding excluded through the attention mask) and writes into -
 Text models read --texts (one text per line; default: ten built-in English passages), truncated to --max-tokens
 (capped at the model's position limit). ViT reads --images DIR, else deterministic synthetic images. n is the
 longest input sequence (tokens; CLS + patches for ViT) unless --n is given. Prints a table, then one JSON line.
-Offline use: set HF_HUB_OFFLINE=1; for LLaDA set HYBRID_ATTENTION_COMPILE=0 to skip the kernel compile on CPU.
+Offline use: set HF_HUB_OFFLINE=1.
 """
 
 from __future__ import annotations
