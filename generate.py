@@ -103,7 +103,7 @@ def generate(
             f"prompt ({p} tokens) + gen_length ({gen_length}) = {p + gen_length} exceeds the model's "
             f"max_sequence_length ({max_len}); shorten the prompt or the answer"
         )
-    device = _model_device(model)
+    device = model_device(model)
     input_ids = input_ids.to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device).bool()
@@ -172,7 +172,8 @@ def check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_
         raise ValueError(f"cfg_scale must be >= 0; got {cfg_scale!r}")
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of the model's weights (its ``device`` attribute where it has one)."""
     device = getattr(model, "device", None)
     return device if device is not None else next(model.parameters()).device
 
@@ -234,16 +235,25 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
     return model.to(device).eval(), tokenizer
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask``; with ``chat`` each prompt goes through the chat template."""
-    if chat:  # tokenised as LLaDA's own sampler does it: template to text, then the tokenizer's defaults
+def tokenize_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt, tokenised as LLaDA's own sampler does it: with ``chat``, the chat template to text
+    first, then the tokenizer's defaults. Raises ``ValueError`` for a prompt that tokenises to nothing."""
+    if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                                  tokenize=False) for t in prompts]
     encoded = [tokenizer(t)["input_ids"] for t in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("a prompt is empty after tokenisation")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = left_pad(encoded, pad)
+    return encoded
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``; with ``chat`` each prompt goes through the chat template."""
+    ids, mask = left_pad(tokenize_prompts(tokenizer, prompts, chat), pad_id_of(tokenizer))
     return ids.to(device), mask.to(device)
 
 
@@ -301,7 +311,7 @@ def main(argv=None):
         p.error(f"the tokenizer pads with the mask token ({mask_id}); set another pad token")
     chat = not a.no_chat and bool(getattr(tokenizer, "chat_template", None))
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    generator = torch.Generator(device=_model_device(model)).manual_seed(a.seed)
+    generator = torch.Generator(device=model_device(model)).manual_seed(a.seed)
     torch.manual_seed(a.seed)
     print(f"# {a.model}: exact_ratio={model.config.hybrid_exact_ratio} "
           f"chebyshev_degree={model.config.hybrid_chebyshev_degree} steps={a.steps} gen_length={a.gen_length} "
@@ -309,7 +319,7 @@ def main(argv=None):
     for start in range(0, len(a.prompt), a.batch_size):
         prompts = a.prompt[start : start + a.batch_size]
         try:
-            ids, mask = encode_prompts(tokenizer, prompts, chat, _model_device(model))
+            ids, mask = encode_prompts(tokenizer, prompts, chat, model_device(model))
             show = _step_printer(tokenizer, ids.shape[1], mask_id, a.steps) if a.show_steps else None
             out = generate(model, ids, mask, steps=a.steps, gen_length=a.gen_length, block_length=a.block_length,
                            temperature=a.temperature, cfg_scale=a.cfg_scale, remasking=a.remasking,

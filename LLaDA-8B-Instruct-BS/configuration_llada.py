@@ -16,25 +16,25 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 try:  # remote code: transformers copies the sibling files named in these relative imports
-    from .hybrid_attention import DEFAULT_NUM_SAMPLES, validate_chebyshev_degree, validate_exact_ratio
+    from .hybrid_attention import (
+        DEFAULT_NUM_SAMPLES,
+        validate_chebyshev_degree,
+        validate_exact_ratio,
+        validate_num_samples,
+    )
 except ImportError:  # the same file imported from the repository root (through its symlinks)
     import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
 
     _op = importlib.import_module("hybrid_attention")
     DEFAULT_NUM_SAMPLES = _op.DEFAULT_NUM_SAMPLES
     validate_chebyshev_degree, validate_exact_ratio = _op.validate_chebyshev_degree, _op.validate_exact_ratio
-
-
-def _validate_num_samples(value, name="hybrid_num_samples"):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return value
+    validate_num_samples = _op.validate_num_samples
 
 
 _HYBRID_VALIDATORS = {
     "hybrid_exact_ratio": validate_exact_ratio,
     "hybrid_chebyshev_degree": validate_chebyshev_degree,
-    "hybrid_num_samples": _validate_num_samples,
+    "hybrid_num_samples": validate_num_samples,
 }
 
 # What this implementation supports of the OLMo-style options (the official checkpoint uses exactly these).

@@ -28,6 +28,7 @@ __all__ = [
     "hybrid_attention_reference",
     "validate_exact_ratio",
     "validate_chebyshev_degree",
+    "validate_num_samples",
     "DEFAULT_NUM_SAMPLES",
     "MASKED_BIAS",
 ]
@@ -73,6 +74,13 @@ def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
 
 def validate_chebyshev_degree(value, name: str = "hybrid_chebyshev_degree") -> int:
     """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name``, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return int(value)
+
+
+def validate_num_samples(value, name: str = "hybrid_num_samples") -> int:
+    """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name`` and the value."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
@@ -240,8 +248,7 @@ def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples)
     if isinstance(exact_ratio, bool) or not isinstance(exact_ratio, (int, float)) or not exact_ratio >= 0:
         raise ValueError(f"exact_ratio must be a number >= 0 (>= 1 means exact attention); got {exact_ratio!r}")
     validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1; got {num_samples!r}")
+    validate_num_samples(num_samples, "num_samples")
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         raise ValueError(
             "query, key and value must be 4-D (B, H, L, D); got shapes "
@@ -307,14 +314,10 @@ def hybrid_attention(
     """
     _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples)
     b, h, lq, d = query.shape
-    lk = key.shape[2]
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
     if exact_ratio >= 1:
         return _exact_attention(query, key, value, attention_mask, scale)
-
-    shape = (b, h, lq, lk)
-    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
-    plan = _SamplePlan(mask, shape, num_samples, query.device)
+    mask, plan = _setup(query, key, attention_mask, num_samples)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     block = _block_kernel(query.device)
     out_pairs = out.view(b * h, lq, -1)
@@ -345,18 +348,22 @@ def hybrid_thresholds(
     Valid scores ``< lo`` or ``> hi`` are the exact ones. Same estimator, same chunking as the op.
     """
     _check_inputs(query, key, key, exact_ratio, 1, num_samples)
-    b, h, lq, d = query.shape
-    lk = key.shape[2]
+    b, h, _, d = query.shape
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
-    shape = (b, h, lq, lk)
-    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
-    plan = _SamplePlan(mask, shape, num_samples, query.device)
+    mask, plan = _setup(query, key, attention_mask, num_samples)
     lo = torch.empty(b * h, dtype=_compute_dtype(query), device=query.device)
     hi = torch.empty_like(lo)
     for pairs, scores, _, batch_ids, head_ids in _score_chunks(query, key, mask, scale):
         plan_pairs = plan.for_pairs(batch_ids, head_ids)
         lo[pairs], hi[pairs] = _chunk_thresholds(scores, *plan_pairs, min(exact_ratio, 1.0))
     return lo.view(b, h), hi.view(b, h)
+
+
+def _setup(query, key, attention_mask, num_samples):
+    """The prepared mask and the sample plan of one call (shared by the op and ``hybrid_thresholds``)."""
+    shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
+    return mask, _SamplePlan(mask, shape, num_samples, query.device)
 
 
 def _exact_attention(query, key, value, attention_mask, scale):

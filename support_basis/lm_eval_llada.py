@@ -110,7 +110,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # generate.py and hybrid_attention.py live at the repository root
     sys.path.insert(0, str(_REPO))
 
-from generate import check_schedule, generate, left_pad  # noqa: E402
+from generate import check_schedule, generate, left_pad, model_device  # noqa: E402
 from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def mc_loglikelihoods(
     """
     if pad_id == mask_id:
         raise ValueError(f"pad_id must differ from the mask token id ({mask_id})")
-    device = _model_device(model)
+    device = model_device(model)
     keys = [(tuple(int(t) for t in c), tuple(int(t) for t in y)) for c, y in pairs]
     unique = list(dict.fromkeys(keys))  # identical requests are scored once
     if not unique:
@@ -274,7 +274,7 @@ def greedy_matches(
     """Whether greedy low-confidence decoding of ``len(continuation)`` masks after the context (one token per
     step, ``T`` steps, :func:`generate.generate`) yields exactly the continuation. Batched over pairs with equal
     continuation length. An empty context is given the pad token as its one prompt token."""
-    device = _model_device(model)
+    device = model_device(model)
     out = [False] * len(pairs)
     by_len: dict[int, list[int]] = {}
     for i, (_, cont) in enumerate(pairs):
@@ -296,11 +296,6 @@ def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
     """``text`` up to the earliest occurrence of any non-empty stop string."""
     cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
     return text[:cut]
-
-
-def _model_device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from generate import encode_prompts, generate
+from generate import generate, left_pad, pad_id_of, tokenize_prompts
 
 from ..reporting import machine
 from .answers import parse_choice
@@ -39,8 +39,9 @@ def evaluate(
     done = store.finished()
     mine = [it for it in items if it.idx % world_size == rank and it.idx not in done]
     device = next(model.parameters()).device
-    encoded = {it.idx: _token_count(tokenizer, it.prompt, chat) for it in mine}
-    mine.sort(key=lambda it: encoded[it.idx])
+    tokens = dict(zip((it.idx for it in mine), tokenize_prompts(tokenizer, [it.prompt for it in mine], chat)))
+    mine.sort(key=lambda it: len(tokens[it.idx]))
+    pad_id = pad_id_of(tokenizer)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
     generator = torch.Generator(device=device).manual_seed(settings["seed"] + rank)
     bar = tqdm(total=len(mine), desc=f"{task.name} {store.dir.name}", unit="item", disable=not progress or rank != 0,
@@ -49,7 +50,7 @@ def evaluate(
     t0 = time.perf_counter()
     for start in range(0, len(mine), batch_size):
         batch = mine[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, [it.prompt for it in batch], chat, device)
+        ids, mask = (t.to(device) for t in left_pad([tokens[it.idx] for it in batch], pad_id))
         out = generate(model, ids, mask, steps=settings["steps"], gen_length=settings["gen_length"],
                        block_length=settings["block_length"], temperature=settings["temperature"],
                        cfg_scale=settings["cfg_scale"], remasking=settings["remasking"], eot_token_id=eot,
@@ -93,10 +94,3 @@ def _record(task: Task, item: Item, raw: str) -> dict:
     if item.subject is not None:
         rec["subject"] = item.subject
     return rec
-
-
-def _token_count(tokenizer, prompt: str, chat: bool) -> int:
-    if chat:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               tokenize=False)
-    return len(tokenizer(prompt)["input_ids"])
