@@ -14,19 +14,36 @@ evenly over its steps. With ``block_length < gen_length`` the blocks are reveale
 ``steps`` is the TOTAL number of denoising steps (one model forward each, two with CFG), spread over the blocks
 as in the official LLaDA sampler. Where it does not divide evenly, the first ``steps % n_blocks`` blocks get one
 step more (the official sampler requires divisibility; the paper's runners count steps per block instead).
+
+Fast sampling (opt-in, Fast-dLLM style; the defaults are the plain sampler above):
+
+- ``cache="prefix"``: each block starts with one full forward (a step that also reveals tokens) whose keys and
+  values are kept; the block's later steps compute only the block and what follows it, the positions before the
+  block attend with those cached keys/values. ``cache="dual"``: the positions after the block are cached too and
+  later steps compute only the block. Approximate: cached positions do not see the block's newly revealed tokens.
+- ``threshold=T``: each step reveals every masked position of the block whose confidence is >= T, and at least
+  the most confident one; ``factor=F``: the n most confident while the n-th confidence is >= 1 - F / (n + 1).
+  Either replaces the fixed schedule: a block ends when it has no mask left, and ``steps`` only caps the work
+  (a block's last allowed step reveals all it still has masked).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 REMASKING = ("low_confidence", "random")
+CACHE_MODES = ("none", "prefix", "dual")
+MAX_TEMPERATURE = 100.0  # beyond this the Gumbel noise swamps any logit: the answer is uniform noise
+MAX_CFG_SCALE = 100.0  # guidance this strong only amplifies float rounding
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
@@ -73,7 +90,11 @@ def generate(
     confidence_eos_eot_inf: bool = False,
     generator: torch.Generator | None = None,
     callback: Callable[[int, torch.LongTensor], None] | None = None,
-) -> torch.LongTensor:
+    cache: str = "none",
+    threshold: float | None = None,
+    factor: float | None = None,
+    return_nfe: bool = False,
+) -> torch.LongTensor | tuple[torch.LongTensor, torch.LongTensor]:
     """Sample answers for a batch of prompts; return the full sequences ``(B, prompt_len + gen_length)``.
 
     ``input_ids (B, P)`` are LEFT-padded prompts with ``attention_mask (B, P)`` (1 = token); the padding id must
@@ -85,6 +106,13 @@ def generate(
     after every step (``step`` counts from 1) with the current sequences. The mask token itself is never predicted
     (its logit is set to -inf), so every answer position ends unmasked; for a trained LLaDA, whose mask-token
     probability is ~0, this changes nothing, while a random model could otherwise leave masks in its answer.
+
+    ``cache`` ("none", "prefix", "dual"), ``threshold`` (in (0, 1]) and ``factor`` (> 0) select the fast sampler
+    of the module docstring; ``threshold``/``factor`` need ``remasking="low_confidence"`` and exclude each other.
+    The cache needs a model whose forward takes ``use_cache``/``past_key_values``/``cache_position`` (this
+    project's LLaDA-BS). ``return_nfe`` also returns the number of function evaluations (model forwards) of
+    each answer, ``(B,)`` int64: the forwards it needs alone (a CFG step counts 2; an answer whose block is
+    complete waits for the rest of its batch without counting).
     """
     config = getattr(model, "config", None)
     mask_id = getattr(config, "mask_token_id", None) if mask_id is None else mask_id
@@ -93,7 +121,7 @@ def generate(
         raise ValueError("mask_id is not given and the model config has no mask_token_id")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length); got shape {tuple(input_ids.shape)}")
-    check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale)
+    check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale, cache, threshold, factor)
     b, p = input_ids.shape
     if p == 0:
         raise ValueError("the prompt is empty: give at least one token (e.g. the chat template's BOS)")
@@ -120,14 +148,30 @@ def generate(
     x = torch.cat([input_ids, input_ids.new_full((b, gen_length), mask_id)], dim=1)
     prompt_positions = torch.zeros_like(x, dtype=torch.bool)
     prompt_positions[:, :p] = True
-    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    parameters = inspect.signature(model.forward).parameters
+    keep_logits = "logits_to_keep" in parameters
+    if cache != "none" and not {"use_cache", "past_key_values", "cache_position"} <= set(parameters):
+        raise ValueError(f"cache={cache!r} needs a model whose forward takes use_cache, past_key_values and "
+                         f"cache_position (LLaDA-BS); {type(model).__name__} does not: use cache='none'")
+    adaptive = threshold is not None or factor is not None
+    nfe = torch.zeros(b, dtype=torch.long, device=device)
     step = 0
     for block, block_steps in enumerate(steps_per_block(steps, gen_length // block_length)):
         start, end = p + block * block_length, p + (block + 1) * block_length
-        schedule = transfer_schedule((x[:, start:end] == mask_id).sum(-1), block_steps)
+        schedule = None if adaptive else transfer_schedule((x[:, start:end] == mask_id).sum(-1), block_steps)
+        kv = None
         for i in range(block_steps):
-            logits = _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start, end,
-                                   keep_logits)
+            active = (x[:, start:end] == mask_id).any(-1) if adaptive else torch.ones_like(nfe, dtype=torch.bool)
+            if adaptive and not bool(active.any()):
+                break  # the whole batch has revealed this block
+            if cache == "none" or i == 0:  # a full forward (it fills the cache at a block's start)
+                logits, kv = _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start,
+                                           end, keep_logits, fill=cache != "none")
+            else:
+                window = (start, x.shape[1] if cache == "prefix" else end)
+                logits, kv = _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start,
+                                           end, keep_logits, window=window, kv=kv)
+            nfe += active.long() * (2 if cfg_scale > 0 else 1)
             logits[..., mask_id] = -torch.inf  # the mask token is never an answer (a trained LLaDA gives it ~0)
             if logits_eos_inf and eos_token_id is not None:
                 logits[..., eos_token_id] = -torch.inf
@@ -136,22 +180,52 @@ def generate(
                 confidence = F.softmax(logits.double(), dim=-1).gather(-1, x0[..., None])[..., 0]
             else:
                 confidence = torch.rand(x0.shape, dtype=torch.float64, device=device, generator=generator)
+            rank = confidence
             if confidence_eos_eot_inf:
+                # EOS/EoT last: below every other masked position (confidences are >= 0) but above the revealed
+                # ones (-inf), so a block whose other positions are all revealed still reveals them
                 for special in (eos_token_id, eot_token_id):
                     if special is not None:
-                        confidence = confidence.masked_fill(x0 == special, -torch.inf)
+                        rank = torch.where(x0 == special, confidence - 2.0, rank)
             current = x[:, start:end]
             masked = current == mask_id
-            confidence = confidence.masked_fill(~masked, -torch.inf)
-            chosen = _top_k_mask(confidence, schedule[:, i]) & masked
+            rank = rank.masked_fill(~masked, -torch.inf)
+            if not adaptive:
+                count = schedule[:, i]
+            elif i == block_steps - 1:
+                count = masked.sum(-1)  # the step budget is spent: reveal the rest of the block
+            else:
+                count = _adaptive_count(rank, confidence, masked, threshold, factor)
+            chosen = _top_k_mask(rank, count) & masked
             x[:, start:end] = torch.where(chosen, x0, current)
             step += 1
             if callback is not None:
                 callback(step, x)
-    return x
+    return (x, nfe) if return_nfe else x
 
 
-def check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale):
+def _adaptive_count(rank, confidence, masked, threshold, factor) -> torch.Tensor:
+    """How many positions to reveal ``(B,)``: in reveal order (``rank`` descending), the longest run whose n-th
+    ``confidence`` is >= ``threshold`` (or >= 1 - factor / (n + 1)); at least one where a mask is left.
+
+    With plain confidences as ranks the threshold rule is "every masked position with confidence >= T"; with
+    EOS/EoT ranked last they join only once everything before them qualifies.
+    """
+    order = rank.argsort(dim=-1, descending=True, stable=True)
+    ordered = confidence.gather(-1, order)
+    ordered_masked = masked.gather(-1, order)
+    if threshold is not None:
+        bar = torch.full_like(ordered, threshold)
+    else:
+        n = torch.arange(1, ordered.shape[-1] + 1, device=ordered.device, dtype=ordered.dtype)
+        bar = (1.0 - factor / (n + 1)).expand_as(ordered)
+    ok = (ordered >= bar) & ordered_masked
+    ok[:, 0] = ordered_masked[:, 0]  # at least one
+    return ok.long().cumprod(-1).sum(-1)
+
+
+def check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale, cache="none", threshold=None,
+                   factor=None):
     """Raise ``ValueError`` (naming the setting, its value and the rule) for a sampler setting that cannot run."""
     for name, value in (("steps", steps), ("gen_length", gen_length), ("block_length", block_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -166,10 +240,36 @@ def check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_
         raise ValueError(f"steps ({steps}) must be at least the number of blocks ({n_blocks}): one step per block")
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {', '.join(REMASKING)}; got {remasking!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature!r}")
-    if not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale must be >= 0; got {cfg_scale!r}")
+    # finite and bounded: inf or 1e308 would overflow the noise / guidance into NaN and a silently wrong answer
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy); got {temperature!r}")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not 0 <= cfg_scale <= MAX_CFG_SCALE:
+        raise ValueError(f"cfg_scale must be a number in [0, {MAX_CFG_SCALE:g}] (0 = no guidance); got {cfg_scale!r}")
+    check_fast_sampling(cache, threshold, factor, remasking)
+
+
+def check_fast_sampling(cache="none", threshold=None, factor=None, remasking="low_confidence", flags=None):
+    """Raise ``ValueError`` for a bad cache mode, threshold or factor. ``flags`` maps the setting names to the
+    names the message should use (e.g. ``{"cache": "--cache"}`` for a command line)."""
+    name = {"cache": "cache", "threshold": "threshold", "factor": "factor", "remasking": "remasking",
+            **(flags or {})}
+    if cache not in CACHE_MODES:
+        raise ValueError(f"{name['cache']} must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
+    number = (int, float)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, number)
+                                  or not 0 < threshold <= 1):
+        raise ValueError(f"{name['threshold']} must be a number in (0, 1] (reveal every position at least this "
+                         f"confident); got {threshold!r}")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, number)
+                               or not 0 < factor < math.inf):
+        raise ValueError(f"{name['factor']} must be a finite number > 0 (e.g. 1.0); got {factor!r}")
+    if threshold is not None and factor is not None:
+        raise ValueError(f"give {name['threshold']} or {name['factor']}, not both (got {threshold!r} and "
+                         f"{factor!r})")
+    if (threshold is not None or factor is not None) and remasking != "low_confidence":
+        raise ValueError(f"{name['threshold'] if threshold is not None else name['factor']} reveals by confidence: "
+                         f"it needs {name['remasking']} low_confidence; got {remasking!r}")
 
 
 def model_device(model) -> torch.device:
@@ -178,20 +278,32 @@ def model_device(model) -> torch.device:
     return device if device is not None else next(model.parameters()).device
 
 
-def _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start, end, keep_logits):
-    """Logits of the current block ``(B, end - start, V)``, classifier-free guided when ``cfg_scale > 0``."""
-    kwargs = {"logits_to_keep": slice(start, end)} if keep_logits else {}
+def _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start, end, keep_logits,
+                  fill=False, window=None, kv=None):
+    """Logits of the current block ``(B, end - start, V)``, classifier-free guided when ``cfg_scale > 0``, and
+    the cache: a full forward (``fill`` returns its keys/values), or only ``window = (w0, w1)`` of ``x`` with the
+    other positions' keys/values from ``kv``. Returns ``(logits, kv)``."""
+    if cfg_scale > 0:  # one forward of the conditional and the unconditional (prompt masked) batch
+        x = torch.cat([x, x.masked_fill(prompt_positions, mask_id)])
+        attention_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    kwargs, offset = {}, 0
+    if fill:
+        kwargs["use_cache"] = True
+    if window is not None:
+        offset = window[0]
+        kwargs.update(past_key_values=kv, cache_position=offset)
+        x = x[:, window[0] : window[1]]
+    keep = slice(start - offset, end - offset)
+    if keep_logits:
+        kwargs["logits_to_keep"] = keep
+    out = model(x, attention_mask=attention_mask, **kwargs)
+    logits = out.logits if keep_logits else out.logits[:, keep]
+    if fill:
+        kv = out.past_key_values
     if cfg_scale > 0:
-        unconditional = x.masked_fill(prompt_positions, mask_id)
-        both = torch.cat([x, unconditional])
-        mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-        logits = model(both, attention_mask=mask, **kwargs).logits
-        if not keep_logits:
-            logits = logits[:, start:end]
         cond, uncond = logits.chunk(2)
-        return uncond + (cfg_scale + 1) * (cond - uncond)
-    logits = model(x, attention_mask=attention_mask, **kwargs).logits
-    return logits if keep_logits else logits[:, start:end]
+        logits = uncond + (cfg_scale + 1) * (cond - uncond)
+    return logits, kv
 
 
 def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -209,29 +321,29 @@ def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
+# errors for people (one line, exit status 2) and model-directory checks: shared by every command line
+from support_basis.errors import ArgumentParser, UserError, cli, number, positive_int, utf8_text  # noqa: E402
+from support_basis.model_dir import check_device, check_model_dir, check_token_ids, load_config  # noqa: E402
 
-def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto"):
-    """Load a LLaDA(-BS) model directory or hub id with its tokenizer; clear errors for a missing model."""
-    from pathlib import Path
 
+def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto", flag: str = "--model",
+                             **config_overrides):
+    """Load a LLaDA-BS model directory (or hub id) with its tokenizer, after checking the directory's files
+    (:func:`support_basis.model_dir.check_model_dir`) and the device; ``config_overrides`` (e.g.
+    ``hybrid_exact_ratio=0.2``; ``None`` values are skipped) are set on the config before the weights load.
+    Every expected failure is a :class:`support_basis.errors.UserError` naming the input and the fix."""
     from transformers import AutoModel, AutoTokenizer
 
-    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") != 1
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise SystemExit(
-            f"error: model directory {name!r} does not exist. Build the tiny smoke model with "
-            "`python scripts/make_tiny_model.py DIR`, or prepare the official weights with "
-            "`python scripts/prepare_model.py --source GSAI-ML/LLaDA-8B-Instruct --out DIR`"
-        )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_model_dir(name, flag)
+    device = check_device(device)
+    config = load_config(name, flag, **config_overrides)
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=True, dtype=torch_dtype)
+        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
     except OSError as err:
-        raise SystemExit(f"error: could not load {name!r}: {err}") from None
+        raise UserError(f"{flag} {name}: cannot load it ({err})") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -241,7 +353,7 @@ def tokenize_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                                  tokenize=False) for t in prompts]
-    encoded = [tokenizer(t)["input_ids"] for t in prompts]
+    encoded = [tokenizer(t, verbose=False)["input_ids"] for t in prompts]  # length is checked by the callers
     if any(len(e) == 0 for e in encoded):
         raise ValueError("a prompt is empty after tokenisation")
     return encoded
@@ -269,9 +381,17 @@ def left_pad(seqs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+# The embedded default model: trained on this project's synthetic tasks, shipped in the repository.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "llada-tiny"
+
+
+@cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a LLaDA(-BS) model directory or hub id")
+    """The command line: every flag, prompt and the model directory are checked before the model loads; an
+    expected failure is one line on stderr with exit status 2 (``support_basis.errors``)."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="a LLaDA(-BS) model directory or hub id (default: the shipped tiny LLaDA, checkpoints/llada-tiny)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     p.add_argument("--steps", type=int, default=128, help="total denoising steps (default 128)")
     p.add_argument("--gen-length", type=int, default=128, help="answer length in tokens (default 128)")
@@ -281,55 +401,107 @@ def main(argv=None):
     p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
     p.add_argument("--exact-ratio", type=float, default=None, help="hybrid_exact_ratio (default: the model's)")
     p.add_argument("--chebyshev-degree", type=int, default=None, help="hybrid_chebyshev_degree (default: model's)")
+    p.add_argument("--exact-split", type=float, default=None,
+                   help="hybrid_exact_split: share of the exact budget for the largest scores (0.5 = paper; default: "
+                   "the model's)")
+    p.add_argument("--fit", default=None, help="hybrid_fit: chebyshev (paper) or empirical (default: the model's)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch (default 8)")
+    p.add_argument("--seed", type=number(0, 2**63 - 1, integer=True), default=0)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward batch (default 8)")
     p.add_argument("--no-chat", action="store_true", help="send the raw text (no chat template)")
     p.add_argument("--no-eot-stop", action="store_true",
                    help="do not reveal EOS/<|eot_id|> last (default: reveal them last, as LLaDA's chat demo)")
     p.add_argument("--show-steps", action="store_true", help="print the answer after every denoising step")
+    p.add_argument("--cache", default="none", choices=CACHE_MODES,
+                   help="key/value cache: none (default), prefix (reuse the keys/values before the block), dual "
+                   "(also those after it); refreshed at every block start")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="reveal every masked position whose confidence is >= THRESHOLD, in (0, 1] (at least one "
+                   "per step; e.g. 0.9); --steps then only caps the work")
+    p.add_argument("--factor", type=float, default=None,
+                   help="adaptive parallel decoding: reveal the n most confident while the n-th confidence is "
+                   ">= 1 - FACTOR/(n+1), FACTOR > 0 (e.g. 1.0); excludes --threshold")
     a = p.parse_args(argv)
-    if a.batch_size < 1:
-        p.error(f"--batch-size must be >= 1; got {a.batch_size}")
     try:
+        check_fast_sampling(a.cache, a.threshold, a.factor, a.remasking, flags={
+            "cache": "--cache", "threshold": "--threshold", "factor": "--factor", "remasking": "--remasking"})
         check_schedule(a.steps, a.gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
-    except ValueError as err:
-        p.error(str(err))
+        from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio
 
-    model, tokenizer = load_model_and_tokenizer(a.model, a.dtype, a.device)
-    try:
         if a.exact_ratio is not None:
-            model.config.hybrid_exact_ratio = a.exact_ratio
+            validate_exact_ratio(a.exact_ratio, "--exact-ratio")
         if a.chebyshev_degree is not None:
-            model.config.hybrid_chebyshev_degree = a.chebyshev_degree
+            validate_chebyshev_degree(a.chebyshev_degree, "--chebyshev-degree")
+        from hybrid_attention import validate_exact_split, validate_fit
+
+        if a.exact_split is not None:
+            validate_exact_split(a.exact_split, "--exact-split")
+        if a.fit is not None:
+            validate_fit(a.fit, "--fit")
     except ValueError as err:
         p.error(str(err))
+    texts = [utf8_text(t, f"--prompt #{i + 1}") for i, t in enumerate(a.prompt)]
+    if a.model is None:
+        a.model = str(DEFAULT_MODEL)
+        print(f"# no --model given: using {DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])}, the tiny LLaDA "
+              "this project trains on synthetic tasks (scripts/train_llada.py)", file=sys.stderr)
+
+    model, tokenizer = load_model_and_tokenizer(a.model, a.dtype, a.device, hybrid_exact_ratio=a.exact_ratio,
+                                                hybrid_chebyshev_degree=a.chebyshev_degree,
+                                                hybrid_exact_split=a.exact_split, hybrid_fit=a.fit)
     mask_id = model.config.mask_token_id
     if tokenizer.pad_token_id == mask_id:
         p.error(f"the tokenizer pads with the mask token ({mask_id}); set another pad token")
     chat = not a.no_chat and bool(getattr(tokenizer, "chat_template", None))
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
+    encoded = _checked_prompts(tokenizer, texts, chat, model.config, a.gen_length)  # all of them, before any output
     generator = torch.Generator(device=model_device(model)).manual_seed(a.seed)
     torch.manual_seed(a.seed)
     print(f"# {a.model}: exact_ratio={model.config.hybrid_exact_ratio} "
           f"chebyshev_degree={model.config.hybrid_chebyshev_degree} steps={a.steps} gen_length={a.gen_length} "
-          f"block_length={a.block_length} temperature={a.temperature} chat={chat}", file=sys.stderr)
+          f"block_length={a.block_length} temperature={a.temperature} chat={chat} cache={a.cache} "
+          f"threshold={a.threshold} factor={a.factor}", file=sys.stderr)
     for start in range(0, len(a.prompt), a.batch_size):
         prompts = a.prompt[start : start + a.batch_size]
         try:
-            ids, mask = encode_prompts(tokenizer, prompts, chat, model_device(model))
+            ids, mask = (t.to(model_device(model)) for t in left_pad(encoded[start : start + a.batch_size],
+                                                                     pad_id_of(tokenizer)))
             show = _step_printer(tokenizer, ids.shape[1], mask_id, a.steps) if a.show_steps else None
-            out = generate(model, ids, mask, steps=a.steps, gen_length=a.gen_length, block_length=a.block_length,
-                           temperature=a.temperature, cfg_scale=a.cfg_scale, remasking=a.remasking,
-                           eot_token_id=eot, confidence_eos_eot_inf=not a.no_eot_stop, generator=generator,
-                           callback=show)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            t0 = time.perf_counter()
+            out, nfe = generate(model, ids, mask, steps=a.steps, gen_length=a.gen_length,
+                                block_length=a.block_length, temperature=a.temperature, cfg_scale=a.cfg_scale,
+                                remasking=a.remasking, eot_token_id=eot, confidence_eos_eot_inf=not a.no_eot_stop,
+                                generator=generator, callback=show, cache=a.cache, threshold=a.threshold,
+                                factor=a.factor, return_nfe=True)
+            seconds = time.perf_counter() - t0
+        except ValueError as err:  # generate()'s checks name the setting and the rule
+            raise UserError(str(err)) from None
+        tokens = out.shape[0] * a.gen_length
+        print(f"# prompts {start}-{start + len(prompts) - 1}: NFE {nfe.tolist()}, {tokens} tokens in {seconds:.2f} s "
+              f"({tokens / seconds:.1f} tokens/s)", file=sys.stderr)
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for i, (prompt, answer) in enumerate(zip(prompts, answers), start):
             print(f"=== [{i}] {prompt}\n{answer.strip()}")
+
+
+def _checked_prompts(tokenizer, texts, chat, config, gen_length) -> list[list[int]]:
+    """Every prompt's token ids, checked: not empty, inside the model's vocabulary, and short enough that prompt +
+    answer fit ``max_sequence_length``; else a :class:`UserError` naming the prompt."""
+    encoded = []
+    for i, text in enumerate(texts):
+        try:
+            encoded += tokenize_prompts(tokenizer, [text], chat)
+        except ValueError:  # tokenised to nothing
+            raise UserError(f"--prompt #{i + 1} ({text!r}) is empty after tokenisation; give some text") from None
+    check_token_ids(encoded, config, [f"--prompt #{i + 1}" for i in range(len(encoded))])
+    limit = getattr(config, "max_sequence_length", None)
+    for i, ids in enumerate(encoded):
+        if limit is not None and len(ids) + gen_length > limit:
+            raise UserError(f"--prompt #{i + 1} is {len(ids)} tokens; with --gen-length {gen_length} that exceeds "
+                            f"the model's max_sequence_length ({limit}): shorten the prompt or the answer")
+    return encoded
 
 
 def _step_printer(tokenizer, prompt_len, mask_id, total):

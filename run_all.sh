@@ -2,7 +2,7 @@
 # The paper's downstream grid plus the exact-attention baseline: every task x every configuration, then a table.
 #
 #   bash run_all.sh --model models/LLaDA-8B-Instruct-BS            # exact + (ratio 0.2, degree 4 and 6), 5 tasks
-#   bash run_all.sh --smoke                                         # tiny random model + fixture data, ~1 min, CPU
+#   bash run_all.sh --smoke                                         # shipped tiny LLaDA + synthetic data, CPU
 #
 # Options (each overrides a default; environment variables of the same name in capitals work too):
 #   --model DIR        LLaDA-BS model directory or hub id     (MODEL, default models/LLaDA-8B-Instruct-BS)
@@ -14,6 +14,9 @@
 #   --out DIR          output directory                           (OUT, default results)
 #   --data-dir DIR     local data: DIR/<task>.jsonl in the hub schema (DATA_DIR; default: the hub)
 #   --batch-size N     (BATCH_SIZE, default 8)   --dtype D (DTYPE, default float32, as the paper)
+#   --cache MODE       fast sampler's key/value cache: none | prefix | dual   (CACHE, default none)
+#   --threshold T      reveal every position with confidence >= T per step   (THRESHOLD, default off)
+#   --factor F         adaptive parallel decoding factor                       (FACTOR, default off)
 #   -- ARGS...         anything after -- goes to every runner (e.g. -- --steps 16)
 # Each run resumes where it stopped; a finished run is skipped in seconds.
 set -euo pipefail
@@ -28,12 +31,21 @@ OUT=${OUT:-results}
 DATA_DIR=${DATA_DIR:-}
 BATCH_SIZE=${BATCH_SIZE:-8}
 DTYPE=${DTYPE:-float32}
+CACHE=${CACHE:-none}
+THRESHOLD=${THRESHOLD:-}
+FACTOR=${FACTOR:-}
 EXACT=1
 SMOKE=0
 EXTRA=()
 PYTHON=${PYTHON:-python}
+# errors are one line on stderr with exit status 2, as in every command line of this project (README)
+die() { echo "run_all.sh: error: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
+    case "$1" in  # an option that takes a value needs one (add new ones here)
+        --model|--tasks|--ratios|--degrees|--limit|--out|--data-dir|--batch-size|--dtype|--cache|--threshold|--factor)
+            { [ $# -ge 2 ] && [[ "$2" != --* ]]; } || die "$1 needs a value (see --help)" ;;
+    esac
     case "$1" in
         --model) MODEL=$2; shift 2 ;;
         --tasks) TASKS=$2; shift 2 ;;
@@ -45,34 +57,47 @@ while [ $# -gt 0 ]; do
         --data-dir) DATA_DIR=$2; shift 2 ;;
         --batch-size) BATCH_SIZE=$2; shift 2 ;;
         --dtype) DTYPE=$2; shift 2 ;;
+        --cache) CACHE=$2; shift 2 ;;
+        --threshold) THRESHOLD=$2; shift 2 ;;
+        --factor) FACTOR=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-        *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
     esac
 done
 
-if [ "$SMOKE" = 1 ]; then
-    # Everything offline on CPU: a tiny random model (its answers are noise) and this project's fixture data.
-    OUT=${OUT/#results/results-smoke}
-    MODEL="$OUT/tiny-llada-bs"
-    DATA_DIR=tests/fixtures/data
-    LIMIT=${LIMIT:-4}
-    export HYBRID_ATTENTION_COMPILE=0 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-    [ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py "$MODEL"
-fi
-
+# checked before anything runs (the smoke model included)
 for task in $TASKS; do
-    [ -f "scripts/run_$task.py" ] || { echo "run_all.sh: unknown task '$task' (tasks: arc_challenge arc_easy gpqa hellaswag mmlu)" >&2; exit 2; }
+    [ -f "scripts/run_$task.py" ] || die "unknown task '$task' (tasks: arc_challenge arc_easy gpqa hellaswag mmlu)"
 done
+[ -n "${TASKS// /}" ] || die "--tasks is empty; name at least one of arc_challenge arc_easy gpqa hellaswag mmlu"
+[ -z "$LIMIT" ] || [[ "$LIMIT" =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive integer; got '$LIMIT'"
+[[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "--batch-size must be a positive integer; got '$BATCH_SIZE'"
 
 configs=()
 [ "$EXACT" = 1 ] && configs+=("exact")
 for r in $RATIOS; do for d in $DEGREES; do configs+=("$r:$d"); done; done
+[ ${#configs[@]} -gt 0 ] || die "no configuration to run: --no-exact with empty --ratios or --degrees"
+
+if [ "$SMOKE" = 1 ]; then
+    # Everything offline on CPU: the shipped tiny LLaDA trained on synthetic tasks (checkpoints/llada-tiny) and
+    # held-out synthetic questions in each task's schema (scripts/make_synthetic_data.py; kinds interleaved, so
+    # --limit keeps every kind). Its accuracies are real: the table of README's "trained tiny LLaDA" comes from here.
+    OUT=${OUT/#results/results-smoke}
+    MODEL=checkpoints/llada-tiny
+    DATA_DIR="$OUT/synthetic-heldout"
+    LIMIT=${LIMIT:-20}
+    export HYBRID_ATTENTION_COMPILE=${HYBRID_ATTENTION_COMPILE:-0} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    [ -f "$DATA_DIR/arc_challenge.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
+fi
 
 common=(--model_name "$MODEL" --out_dir "$OUT" --batch_size "$BATCH_SIZE" --dtype "$DTYPE" --no_progress)
 [ -n "$LIMIT" ] && common+=(--limit "$LIMIT")
 [ -n "$DATA_DIR" ] && common+=(--data_path "$DATA_DIR")
+common+=(--cache "$CACHE")  # the runners check these three (and name the flag) before loading the model
+[ -n "$THRESHOLD" ] && common+=(--threshold "$THRESHOLD")
+[ -n "$FACTOR" ] && common+=(--factor "$FACTOR")
 
 for task in $TASKS; do  # one process per task: the model is loaded once for all its configurations
     "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}"

@@ -4,8 +4,11 @@ Field names follow the official LLaDA-8B-Instruct ``config.json`` (an OLMo-style
 loads unchanged; the hybrid-attention fields are added:
 
     hybrid_exact_ratio       float in [0, 1]   share of each head's scores weighted exactly (1.0 = exact attention)
-    hybrid_chebyshev_degree  int >= 1          degree of the Chebyshev approximation of exp for the rest
+    hybrid_chebyshev_degree  int in [1, 1024]  degree of the Chebyshev approximation of exp for the rest
     hybrid_num_samples       int >= 1          scores sampled per head to place the thresholds (see hybrid_attention)
+    hybrid_exact_split       float in [0, 1]   share of the exact budget given to the largest scores (0.5 = paper)
+    hybrid_fit               str               "chebyshev" (paper: uniform on the interval) or "empirical" (on the
+                                               head's own scores); see hybrid_attention
 
 They are validated when the config is built (at load) and whenever they are set later, and the model reads them
 at every forward: ``model.config.hybrid_chebyshev_degree = 4`` changes the next forward.
@@ -17,9 +20,13 @@ from transformers import PretrainedConfig
 
 try:  # remote code: transformers copies the sibling files named in these relative imports
     from .hybrid_attention import (
+        DEFAULT_EXACT_SPLIT,
+        DEFAULT_FIT,
         DEFAULT_NUM_SAMPLES,
         validate_chebyshev_degree,
         validate_exact_ratio,
+        validate_exact_split,
+        validate_fit,
         validate_num_samples,
     )
 except ImportError:  # the same file imported from the repository root (through its symlinks)
@@ -29,13 +36,18 @@ except ImportError:  # the same file imported from the repository root (through 
     DEFAULT_NUM_SAMPLES = _op.DEFAULT_NUM_SAMPLES
     validate_chebyshev_degree, validate_exact_ratio = _op.validate_chebyshev_degree, _op.validate_exact_ratio
     validate_num_samples = _op.validate_num_samples
+    DEFAULT_EXACT_SPLIT, DEFAULT_FIT = _op.DEFAULT_EXACT_SPLIT, _op.DEFAULT_FIT
+    validate_exact_split, validate_fit = _op.validate_exact_split, _op.validate_fit
 
 
 _HYBRID_VALIDATORS = {
     "hybrid_exact_ratio": validate_exact_ratio,
     "hybrid_chebyshev_degree": validate_chebyshev_degree,
     "hybrid_num_samples": validate_num_samples,
+    "hybrid_exact_split": validate_exact_split,
+    "hybrid_fit": validate_fit,
 }
+_INTEGER_FIELDS = ("hybrid_chebyshev_degree", "hybrid_num_samples")
 
 # What this implementation supports of the OLMo-style options (the official checkpoint uses exactly these).
 _SUPPORTED = {
@@ -100,6 +112,8 @@ class LLaDAConfig(PretrainedConfig):
         hybrid_exact_ratio: float = 0.2,
         hybrid_chebyshev_degree: int = 6,
         hybrid_num_samples: int = DEFAULT_NUM_SAMPLES,
+        hybrid_exact_split: float = DEFAULT_EXACT_SPLIT,
+        hybrid_fit: str = DEFAULT_FIT,
         **kwargs,
     ):
         self.d_model = d_model
@@ -136,6 +150,8 @@ class LLaDAConfig(PretrainedConfig):
         self.hybrid_exact_ratio = hybrid_exact_ratio
         self.hybrid_chebyshev_degree = hybrid_chebyshev_degree
         self.hybrid_num_samples = hybrid_num_samples
+        self.hybrid_exact_split = hybrid_exact_split
+        self.hybrid_fit = hybrid_fit
         kwargs.setdefault("tie_word_embeddings", weight_tying)
         super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id, **kwargs)
         self._check_architecture()
@@ -143,7 +159,7 @@ class LLaDAConfig(PretrainedConfig):
     def __setattr__(self, name, value):
         validator = _HYBRID_VALIDATORS.get(name)
         if validator is not None:
-            value = validator(_integral(value) if name != "hybrid_exact_ratio" else value, name)
+            value = validator(_integral(value) if name in _INTEGER_FIELDS else value, name)
         super().__setattr__(name, value)
 
     def _check_architecture(self):

@@ -5,7 +5,7 @@ The architecture and every parameter name match the official LLaDA-8B-Instruct c
 ff_out}, ln_f, ff_out}``), so the official safetensors shards load unchanged. Attention is bidirectional (no
 causal mask) and goes through ``hybrid_attention`` with the knobs read from the config at every forward:
 
-    config.hybrid_exact_ratio / hybrid_chebyshev_degree / hybrid_num_samples
+    config.hybrid_exact_ratio / hybrid_chebyshev_degree / hybrid_num_samples / hybrid_exact_split / hybrid_fit
         -> LLaDAAttention.forward (reads self.config, the model's own config object)
         -> hybrid_attention(q, k, v, mask, exact_ratio=..., chebyshev_degree=...)   (ratio 1.0 = exact SDPA)
 
@@ -79,8 +79,15 @@ class LLaDAAttention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.effective_n_kv_heads * head_dim, bias=bias)
         self.attn_out = nn.Linear(config.d_model, config.d_model, bias=config.include_bias)
 
-    def attend(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None):
-        """``x (B, L, d_model)`` -> ``(B, L, d_model)``; ``mask`` is bool/float broadcastable to (B, H, L, L)."""
+    def attend(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+               past: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
+        """``x (B, L, d_model)`` -> ``(B, L, d_model)`` and this call's fresh ``(k, v)``, each ``(B, Hkv, L, hd)``
+        after RoPE; ``mask`` is bool/float broadcastable to (B, H, L, Lk).
+
+        Without ``past`` the keys are the ``L`` positions of ``x`` (``Lk = L``). With ``past = (k, v)``, each
+        ``(B, Hkv, Lk, hd)`` (from an earlier forward), ``x`` is the window ``[start, start + L)`` of that
+        sequence: its fresh keys/values replace the cached ones there and the window's queries attend to all ``Lk``.
+        """
         b, l, _ = x.shape
         cfg = self.config
         hd = cfg.d_model // cfg.n_heads
@@ -89,6 +96,10 @@ class LLaDAAttention(nn.Module):
         v = self.v_proj(x).view(b, l, cfg.effective_n_kv_heads, hd).transpose(1, 2)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        fresh = (k, v)
+        if past is not None:
+            k = torch.cat([past[0][:, :, :start], k, past[0][:, :, start + l :]], dim=2)
+            v = torch.cat([past[1][:, :, :start], v, past[1][:, :, start + l :]], dim=2)
         out = hybrid_attention(
             q,
             k,
@@ -97,8 +108,10 @@ class LLaDAAttention(nn.Module):
             exact_ratio=cfg.hybrid_exact_ratio,
             chebyshev_degree=cfg.hybrid_chebyshev_degree,
             num_samples=cfg.hybrid_num_samples,
+            exact_split=cfg.hybrid_exact_split,
+            fit=cfg.hybrid_fit,
         )
-        return self.attn_out(out.transpose(1, 2).reshape(b, l, cfg.d_model))
+        return self.attn_out(out.transpose(1, 2).reshape(b, l, cfg.d_model)), fresh
 
 
 class LLaDABlock(LLaDAAttention):
@@ -116,10 +129,12 @@ class LLaDABlock(LLaDAAttention):
         self.up_proj = nn.Linear(config.d_model, hidden, bias=config.include_bias)
         self.ff_out = nn.Linear(hidden, config.d_model, bias=config.include_bias)
 
-    def forward(self, x, rotary, mask):
-        x = x + self.attend(self.attn_norm(x), rotary, mask)
+    def forward(self, x, rotary, mask, past=None, start=0):
+        """``(x, fresh (k, v))``: the block's output and its attention's keys/values (see ``attend``)."""
+        attended, fresh = self.attend(self.attn_norm(x), rotary, mask, past, start)
+        x = x + attended
         h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h)), fresh
 
 
 class LLaDAModel(nn.Module):
@@ -141,22 +156,30 @@ class LLaDAModel(nn.Module):
             )
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, attention_bias=None,
-                position_ids=None, output_hidden_states=False, logits_to_keep=None):
+                position_ids=None, output_hidden_states=False, logits_to_keep=None, past_key_values=None,
+                use_cache=False, cache_position=0):
+        """``(logits, hidden states or None, cache or None)``; the arguments as ``LLaDAModelLM.forward``."""
         x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.input_emb_norm:
             x = x * (self.config.d_model**0.5)
         b, l = x.shape[:2]
-        if l > self.config.max_sequence_length:
+        total = l if past_key_values is None else past_key_values[0][0].shape[2]
+        if total > self.config.max_sequence_length:
             raise ValueError(
-                f"input length {l} exceeds the model's max_sequence_length ({self.config.max_sequence_length})"
+                f"input length {total} exceeds the model's max_sequence_length ({self.config.max_sequence_length})"
             )
-        mask, positions = _attention_inputs(attention_mask, attention_bias, position_ids, b, l, x.device)
+        start = 0 if past_key_values is None else cache_position
+        mask, positions = _attention_inputs(attention_mask, attention_bias, position_ids, b, l, x.device, start,
+                                            total)
         rotary = rotary_tables(positions, self.config.d_model // self.config.n_heads, self.config.rope_theta)
         hidden = []
-        for block in self.transformer.blocks:
+        cache = []
+        for i, block in enumerate(self.transformer.blocks):
             if output_hidden_states:
                 hidden.append(x)
-            x = block(x, rotary, mask)
+            x, fresh = block(x, rotary, mask, None if past_key_values is None else past_key_values[i], start)
+            if use_cache:  # returned, not appended by the block: device_map hooks copy list arguments
+                cache.append(fresh)
         if logits_to_keep is not None:  # only these positions reach the (vocab-sized) output projection
             x = x[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else x[:, logits_to_keep]
         x = self.transformer.ln_f(x)
@@ -168,32 +191,36 @@ class LLaDAModel(nn.Module):
             logits = self.transformer.ff_out(x)
         if self.config.scale_logits:
             logits = logits * (1 / math.sqrt(self.config.d_model))
-        return logits, (tuple(hidden) if output_hidden_states else None)
+        return logits, (tuple(hidden) if output_hidden_states else None), (tuple(cache) if use_cache else None)
 
 
-def _attention_inputs(attention_mask, attention_bias, position_ids, b, l, device):
+def _attention_inputs(attention_mask, attention_bias, position_ids, b, l, device, start=0, total=None):
     """The mask handed to every attention call, and RoPE positions ``(B, L)``.
 
-    A 2-D padding mask ``(B, L)`` (1 = token) masks padded keys AND padded queries, so that padding never
-    enters a head's score statistics: a padded row outputs 0 and a sequence's output is independent of the
-    padding of its batch. Positions then count real tokens only (RoPE is relative, so this equals the official
-    absolute positions up to rounding). A 4-D ``attention_mask`` or ``attention_bias`` (bool, True = attend, or
-    additive float) is used as given (combined with each other if both are given).
+    The ``L`` inputs are positions ``[start, start + L)`` of a sequence of ``total`` (default ``L``; a window
+    when a cache supplies the other keys). A 2-D padding mask ``(B, total)`` (1 = token) masks padded keys AND
+    padded queries, so that padding never enters a head's score statistics: a padded row outputs 0 and a
+    sequence's output is independent of the padding of its batch. Positions then count real tokens only (RoPE
+    is relative, so this equals the official absolute positions up to rounding). A 4-D ``attention_mask`` or
+    ``attention_bias`` (bool, True = attend, or additive float; ``(., ., L, total)``) is used as given (combined
+    with each other if both are given).
     """
+    total = l if total is None else total
     mask = None
     if attention_mask is not None and attention_mask.dim() == 2:
-        if attention_mask.shape != (b, l):
-            raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not match input {(b, l)}")
+        if attention_mask.shape != (b, total):
+            raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not match input "
+                             f"{(b, total)}" + (" (with a cache: the whole cached sequence)" if total != l else ""))
         keep = attention_mask.to(device=device).bool()
-        mask = (keep[:, :, None] & keep[:, None, :])[:, None]
+        mask = (keep[:, start : start + l, None] & keep[:, None, :])[:, None]
         if position_ids is None:
-            position_ids = (keep.long().cumsum(-1) - 1).clamp_min(0)
+            position_ids = (keep.long().cumsum(-1) - 1).clamp_min(0)[:, start : start + l]
     elif attention_mask is not None:
         mask = attention_mask.to(device)
     if attention_bias is not None:
         mask = attention_bias.to(device) if mask is None else _combine_masks(mask, attention_bias.to(device))
     if position_ids is None:
-        position_ids = torch.arange(l, device=device)[None].expand(b, l)
+        position_ids = torch.arange(start, start + l, device=device)[None].expand(b, l)
     return mask, position_ids.to(device)
 
 
@@ -208,8 +235,9 @@ def _combine_masks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class LLaDAModelLM(PreTrainedModel):
     """Hugging Face wrapper: ``forward`` returns ``CausalLMOutputWithPast`` with logits ``(B, L, vocab)``.
 
-    LLaDA predicts every masked position at once (no KV cache, no left-to-right decoding); sample with the
-    diffusion sampler (``generate.py`` in the project repository), not with ``model.generate``.
+    LLaDA predicts every masked position at once (no left-to-right decoding); sample with the diffusion sampler
+    (``generate.py`` in the project repository), not with ``model.generate``. Its key/value cache is the
+    approximate one of diffusion samplers (Fast-dLLM): see ``forward``.
     """
 
     config_class = LLaDAConfig
@@ -271,6 +299,7 @@ class LLaDAModelLM(PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | slice | torch.Tensor | None = None,
+        cache_position: int | None = None,
         **kwargs,
     ):
         """``input_ids (B, L)`` -> logits ``(B, L, vocab)``.
@@ -280,22 +309,60 @@ class LLaDAModelLM(PreTrainedModel):
         masking ratio of each sequence, so it is computed by the caller. ``logits_to_keep`` (the last N positions,
         a slice, or a 1-D index tensor) limits the output projection to those positions: the diffusion sampler
         needs the logits of one block only, and the projection onto 126k tokens is the largest matmul per token.
+
+        Key/value cache (approximate, for diffusion sampling; a plain tuple, no transformers cache class):
+
+        - ``use_cache=True`` on a full sequence ``(B, T)`` also returns ``past_key_values``: one ``(key, value)``
+          per layer, each ``(B, n_kv_heads, T, head_dim)``, keys after RoPE.
+        - ``past_key_values=cache, cache_position=s`` with ``input_ids (B, L)`` computes only the window
+          ``[s, s + L)`` of that length-``T`` sequence: the window's keys/values are computed afresh and replace
+          the cached ones there; every other position attends with its cached keys/values (the cache is read,
+          never modified). ``attention_mask`` is then the 2-D padding mask of the whole sequence ``(B, T)`` (or a
+          4-D mask ``(B, 1|H, L, T)``), ``position_ids`` (if given) the window's ``(B, L)``, ``logits_to_keep``
+          counts within the window. A window reaching the end is Fast-dLLM's prefix cache, a window in the middle
+          its dual cache. Cached positions do not see the tokens changed since the cache was filled: that is the
+          approximation. With an unchanged sequence the window's logits equal the full forward's (exact
+          attention). With hybrid attention a head's thresholds are the k-th values of the window's query rows
+          against all ``T`` keys (the scores this call forms), not of the full ``T x T`` matrix.
         """
-        if past_key_values is not None or use_cache:
-            raise ValueError("LLaDA has no key/value cache: every diffusion step reads the whole sequence")
+        if use_cache and past_key_values is not None:
+            raise ValueError("use_cache=True fills a new cache from a full forward; do not pass past_key_values")
+        if past_key_values is not None:
+            _check_cache(past_key_values, cache_position, self.config.n_layers,
+                         (input_ids if inputs_embeds is None else inputs_embeds).shape[:2])
+        elif cache_position is not None:
+            raise ValueError("cache_position needs past_key_values (a cache from a use_cache=True forward)")
         if output_attentions:
             raise ValueError("output_attentions is not available: hybrid attention never forms the weight matrix")
         if labels is not None:
             warnings.warn("LLaDA ignores `labels`: compute the masked-diffusion loss outside the model", stacklevel=2)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        logits, hidden = self.model(
+        logits, hidden, cache = self.model(
             input_ids, inputs_embeds, attention_mask, attention_bias, position_ids, bool(output_hidden_states),
-            logits_to_keep,
+            logits_to_keep, past_key_values, bool(use_cache), cache_position,
         )
         if return_dict is False:
-            return (logits,) + ((hidden,) if hidden is not None else ())
-        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden)
+            return (logits,) + tuple(o for o in (cache, hidden) if o is not None)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache, hidden_states=hidden)
+
+
+def _check_cache(cache, cache_position, n_layers: int, shape) -> None:
+    """A ``past_key_values`` from a ``use_cache=True`` forward, and a window that fits in it (shapes only)."""
+    ok = isinstance(cache, (tuple, list)) and len(cache) == n_layers and all(
+        isinstance(kv, (tuple, list)) and len(kv) == 2 and all(isinstance(t, torch.Tensor) for t in kv)
+        for kv in cache)
+    if not ok:
+        raise ValueError(f"past_key_values must be the cache of a use_cache=True forward: {n_layers} (key, value) "
+                         "pairs, one per layer")
+    b, l = shape
+    cb, _, total, _ = cache[0][0].shape
+    if isinstance(cache_position, bool) or not isinstance(cache_position, int):
+        raise ValueError(f"cache_position must be the int position of the first input token in the cached "
+                         f"sequence; got {cache_position!r}")
+    if cb != b or not 0 <= cache_position <= total - l:
+        raise ValueError(f"the window [{cache_position}, {cache_position + l}) of batch {b} does not fit in the "
+                         f"cache (batch {cb}, length {total})")
 
 
 def _accepts_dtype_kwarg() -> bool:

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 import torch
 
 from support_basis import efficiency as eff
+from support_basis.errors import ArgumentParser, check_output_dir, cli
 from support_basis.reporting import machine
 
 FULL = {
@@ -140,8 +141,7 @@ def _device(text: str) -> torch.device:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "efficiency", help="output directory")
     p.add_argument("--quick", action="store_true",
                    help=f"small settings for tests (under a minute): {QUICK}; explicit flags still win")
@@ -310,10 +310,11 @@ def plot_all(out: Path, records: list[eff.Record], slopes: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@cli
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = resolve(parser.parse_args(argv), parser)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(args.out, "--out")  # created only when the results are written
     cfg = eff.ExperimentConfig(d=args.d, degree=args.degree, seed=args.seed, repeats=args.repeats,
                                levels=args.levels, ratio=args.ratio, sketch_dim=args.sketch_dim,
                                matrix_max_n=args.matrix_max_n, dtype=getattr(torch, args.dtype), device=args.device)
@@ -338,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     goals = eff.summarize_goals(records, speedup_n=SPEEDUP_N, slope_limit=SLOPE_LIMIT)
     print("\nfitted log-log slopes of time vs n: " + ", ".join(f"{m} {s:.3f}" for m, s in goals["slopes"].items()))
+    args.out.mkdir(parents=True, exist_ok=True)
     plot_all(args.out, records, goals["slopes"])
     write_csv(args.out / "results.csv", records)
     config = {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()}

@@ -33,55 +33,75 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from support_basis import entries as es  # noqa: E402
+from support_basis.errors import ArgumentParser, UserError, check_output_dir, cli, positive_int, read_text  # noqa: E402
+from support_basis.model_dir import check_device, check_model_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="local model directory or hub id")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--texts", default=None, help="text file, one text per line (default: built-in passages)")
     p.add_argument("--images", default=None, help="ViT only: directory of images (default: synthetic images)")
-    p.add_argument("--num-images", type=int, default=8, help="ViT synthetic images (default 8)")
+    p.add_argument("--num-images", type=positive_int, default=8, help="ViT synthetic images (default 8)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens per text after truncation (default 256)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--layers", nargs="+", default=["all"], help="'all' (default) or layer indices, e.g. 0 5 11 or -1")
     p.add_argument("--n", type=int, default=None, help="n of sqrt(ln n) (default: the longest input sequence)")
     p.add_argument("--family", choices=sorted(es.FAMILIES), default=None, help="override family detection")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="needed for remote-code checkpoints (LLaDA)")
-    p.add_argument("--plot-samples", type=int, default=200_000, help="entries per layer and q/k kept for plots")
+    p.add_argument("--plot-samples", type=positive_int, default=200_000,
+                   help="entries per layer and q/k kept for plots")
     p.add_argument("--seed", type=int, default=0, help="plot subsampling and synthetic images")
     p.add_argument("--no-plots", action="store_true", help="write stats only")
     return p
 
 
+@cli
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
+    """Every input is checked before the model loads; an expected failure is one line on stderr, exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.max_tokens < 2:
-        raise SystemExit("--max-tokens must be at least 2")
+        parser.error(f"argument --max-tokens: must be at least 2; got {args.max_tokens}")
     if args.n is not None and args.n < 2:
-        raise SystemExit("--n must be at least 2 (sqrt(ln n) is 0 at n = 1)")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        parser.error(f"argument --n: must be at least 2 (sqrt(ln n) is 0 at n = 1); got {args.n}")
+    if args.texts and args.images:
+        parser.error("--texts is for text models and --images for ViT models: give one of them")
+    if args.texts:
+        read_text(args.texts, "--texts")  # exists, is UTF-8
+        try:
+            es.load_texts(args.texts)
+        except ValueError as err:
+            raise UserError(f"--texts {err}; give a file with one text per line") from None
+    if args.images and not Path(args.images).is_dir():
+        raise UserError(f"--images {args.images} is not a directory; pass a directory of image files")
+    out = check_output_dir(args.out, "--out")  # created only when the results are written
+    check_model_dir(args.model, "--model", llada=False, tokenizer=False)
+    device = check_device(args.device)
     t0 = time.time()
-    model = es.load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
-    family = args.family or es.detect_family(model)
-    projections = es.find_projections(model, family)
+    try:
+        model = es.load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
+    except ValueError as err:  # every loader refused it; the message lists why (and hints at --trust-remote-code)
+        raise UserError(str(err)) from None
+    try:
+        family = args.family or es.detect_family(model)
+        projections = es.find_projections(model, family)
+    except es.UnsupportedModelError as err:  # a model of no supported family, or a wrong --family
+        raise UserError(str(err)) from None
     available = [p.layer for p in projections]
     try:
         positions = es.parse_layers(args.layers, len(available))
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UserError(str(e)) from None
     layers = [available[i] for i in positions]
     model_dtype = next(model.parameters()).dtype
 
     if family == "vit":
         if args.texts:
-            raise SystemExit("--texts is for text models; a ViT reads --images DIR (or synthetic images)")
+            raise UserError("--texts is for text models; a ViT reads --images DIR (or synthetic images)")
         processor = None
         try:
             from transformers import AutoImageProcessor
@@ -89,14 +109,17 @@ def main(argv=None) -> int:
             processor = AutoImageProcessor.from_pretrained(args.model)
         except Exception:  # noqa: BLE001 - no processor config: normalise by hand (documented)
             processor = None
-        batches, inputs_desc = es.image_batches(
-            model, images_dir=args.images, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
-            device=device, dtype=model_dtype, processor=processor,
-        )
+        try:
+            batches, inputs_desc = es.image_batches(
+                model, images_dir=args.images, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+                device=device, dtype=model_dtype, processor=processor,
+            )
+        except ValueError as err:  # --images holds no image file
+            raise UserError(f"--images: {err}") from None
         inputs_desc += "; " + ("image processor of the checkpoint" if processor else "pixels scaled to [-1, 1]")
     else:
         if args.images:
-            raise SystemExit("--images is for ViT models; text models read --texts FILE")
+            raise UserError("--images is for ViT models; text models read --texts FILE")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -115,7 +138,6 @@ def main(argv=None) -> int:
                         seed=args.seed, model_name=args.model)
     result.meta.update(inputs=inputs_desc, dtype=str(model_dtype).replace("torch.", ""), device=str(device))
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [es.write_csv(result.rows, out / "stats.csv"), es.write_json(result, out / "stats.json")]
     if not args.no_plots:

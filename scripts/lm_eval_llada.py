@@ -15,23 +15,56 @@ See ``support_basis/lm_eval_llada.py`` for the model arguments and the README fo
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from support_basis.errors import UserError, cli  # noqa: E402
 
 
-def main() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+def check_llada_args(argv: list[str]) -> None:
+    """With ``--model llada_bs``, check its model arguments (and the model directory) before lm-eval starts, so a
+    bad one is one line in a second instead of a traceback after lm-eval has indexed its tasks. Parses only the
+    flags lm-eval passes to the model (``--model/-M``, ``--model_args/-a``, ``--device``, ``--batch_size/-b``,
+    ``--max_batch_size``), with lm-eval's own parser for ``--model_args``; lm-eval parses everything again."""
+    from lm_eval._cli.utils import MergeDictAction
+
+    import support_basis.lm_eval_llada as backend
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", "-M")
+    p.add_argument("--model_args", "-a", nargs="+", action=MergeDictAction, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch_size", "-b", default=None)
+    p.add_argument("--max_batch_size", type=int, default=None)
+    try:
+        known, _ = p.parse_known_args(argv[1:] if argv[:1] == ["run"] else argv)
+    except (SystemExit, ValueError):  # malformed: lm-eval's own parser reports it
+        return
+    if known.model != backend.MODEL_NAME:
+        return
+    backend.LLaDABSEvalHarness.check_arguments(
+        dict(known.model_args or {}),
+        {"device": known.device, "batch_size": known.batch_size, "max_batch_size": known.max_batch_size})
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import support_basis.lm_eval_llada  # noqa: F401  (registers --model llada_bs)
     except ImportError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UserError(str(err)) from None
+    check_llada_args(argv)
     from lm_eval.__main__ import cli_evaluate
 
+    sys.argv = [sys.argv[0], *argv]
     cli_evaluate()
 
 

@@ -21,6 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CODE_DIR = REPO / "LLaDA-8B-Instruct-BS"
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from support_basis.errors import ArgumentParser, UserError, check_output_dir, cli, positive_int  # noqa: E402
 
 # LLaDA-8B-Instruct's chat template (Llama-3 style headers, BOS before the first message).
 CHAT_TEMPLATE = (
@@ -62,8 +66,11 @@ What happens next? She picks up the ball and throws it to her friend, who catche
 """
 
 
-def build_tokenizer(vocab_size: int):
-    """A byte-level BPE with LLaDA's special tokens appended; returns a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(vocab_size: int, corpus: list[str] | None = None):
+    """A byte-level BPE with LLaDA's special tokens appended; returns a ``PreTrainedTokenizerFast``.
+
+    ``corpus``: the lines its merges are learned from (default: a built-in paragraph); ``"synthetic"`` in the
+    command line uses the synthetic task family's prompts, so that their words and numbers are single tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -75,7 +82,7 @@ def build_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else CORPUS.splitlines() * 4, trainer=trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -104,6 +111,8 @@ def make_tiny_model(
     exact_ratio: float = 0.2,
     chebyshev_degree: int = 6,
     dtype: str = "float32",
+    tokenizer_corpus: str = "builtin",
+    rope_theta: float = 500000.0,
 ) -> Path:
     """Write the directory and return its path. Deterministic for a given seed."""
     import torch
@@ -113,8 +122,13 @@ def make_tiny_model(
     from modeling_llada import LLaDAModelLM
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size)
+    corpus = None
+    if tokenizer_corpus == "synthetic":
+        sys.path.insert(0, str(REPO))
+        from support_basis.synthetic.corpus import tokenizer_corpus as synthetic_corpus
+
+        corpus = synthetic_corpus(CHAT_TEMPLATE)
+    tokenizer = build_tokenizer(vocab_size, corpus)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = LLaDAConfig(
         d_model=d_model,
@@ -125,6 +139,7 @@ def make_tiny_model(
         vocab_size=len(tokenizer),
         embedding_size=len(tokenizer),
         max_sequence_length=max_sequence_length,
+        rope_theta=rope_theta,
         mask_token_id=ids["<|mdm_mask|>"],
         eos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -140,6 +155,7 @@ def make_tiny_model(
     )
     torch.manual_seed(seed)
     model = LLaDAModelLM(config).to(getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad setting above leaves no directory behind
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     for name in CODE_FILES:  # the model directory's own files: a generated artifact, like the weights
@@ -179,37 +195,48 @@ def _normalise_config(path: Path, dtype: str):
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+@cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="directory to write (created if missing)")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--n-kv-heads", type=int, default=None)
-    p.add_argument("--mlp-hidden-size", type=int, default=None, help="default: 2 * d_model")
+    p.add_argument("--d-model", type=positive_int, default=64)
+    p.add_argument("--n-layers", type=positive_int, default=2)
+    p.add_argument("--n-heads", type=positive_int, default=4)
+    p.add_argument("--n-kv-heads", type=positive_int, default=None)
+    p.add_argument("--mlp-hidden-size", type=positive_int, default=None, help="default: 2 * d_model")
     p.add_argument("--vocab-size", type=int, default=512, help="tokenizer size, special tokens included")
-    p.add_argument("--max-sequence-length", type=int, default=1024)
+    p.add_argument("--max-sequence-length", type=positive_int, default=1024)
     p.add_argument("--exact-ratio", type=float, default=0.2)
     p.add_argument("--chebyshev-degree", type=int, default=6)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rope-theta", type=float, default=500000.0,
+                   help="RoPE base (LLaDA-8B: 500000; 10000 gives a 32-dim head more usable short-range frequencies)")
+    p.add_argument("--tokenizer-corpus", default="builtin", choices=["builtin", "synthetic"],
+                   help="what the BPE merges are learned from: a built-in paragraph, or the synthetic tasks' prompts")
     a = p.parse_args(argv)
     if a.vocab_size < 300:
         p.error(f"--vocab-size must be at least 300 (256 bytes + special tokens + merges); got {a.vocab_size}")
-    out = make_tiny_model(
-        a.out_dir,
-        d_model=a.d_model,
-        n_layers=a.n_layers,
-        n_heads=a.n_heads,
-        n_kv_heads=a.n_kv_heads,
-        mlp_hidden_size=a.mlp_hidden_size,
-        vocab_size=a.vocab_size,
-        max_sequence_length=a.max_sequence_length,
-        seed=a.seed,
-        exact_ratio=a.exact_ratio,
-        chebyshev_degree=a.chebyshev_degree,
-        dtype=a.dtype,
-    )
+    check_output_dir(a.out_dir, "out_dir")
+    try:
+        out = make_tiny_model(
+            a.out_dir,
+            d_model=a.d_model,
+            n_layers=a.n_layers,
+            n_heads=a.n_heads,
+            n_kv_heads=a.n_kv_heads,
+            mlp_hidden_size=a.mlp_hidden_size,
+            vocab_size=a.vocab_size,
+            max_sequence_length=a.max_sequence_length,
+            seed=a.seed,
+            exact_ratio=a.exact_ratio,
+            chebyshev_degree=a.chebyshev_degree,
+            dtype=a.dtype,
+            tokenizer_corpus=a.tokenizer_corpus,
+            rope_theta=a.rope_theta,
+        )
+    except ValueError as err:  # the config's checks (head counts, hybrid knobs): nothing was written
+        raise UserError(str(err)) from None
     print(f"wrote a tiny random LLaDA-BS model to {out} (random weights: its text is noise)")
 
 

@@ -8,7 +8,10 @@ The output directory holds: links to the source's weights (``*.safetensors`` + i
 copies with ``--copy``), a ``config.json`` that is the source's plus the hybrid-attention fields and an
 ``auto_map`` pointing at this project's code, and that code (``configuration_llada.py``, ``modeling_llada.py``,
 ``hybrid_attention.py``). Nothing is half-written: the source is checked first (config, parameter names, every
-shard, the tokenizer). Load it with ``AutoModel.from_pretrained(OUT, trust_remote_code=True, dtype=torch.bfloat16)``.
+shard's header, size and tensor names against the index, the tokenizer), the directory is assembled beside
+``--out`` and moved into place at the end (``--force`` replaces the old contents entirely, so no stale weight
+file survives). Errors are one line on stderr with exit status 2. Load it with
+``AutoModel.from_pretrained(OUT, trust_remote_code=True, dtype=torch.bfloat16)``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from support_basis.errors import ArgumentParser, UserError, check_output_dir, cli, read_json_object  # noqa: E402
+from support_basis.model_dir import check_weights  # noqa: E402
 MODEL_CODE_DIR = REPO / "LLaDA-8B-Instruct-BS"
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
 TOKENIZER_FILES = (
@@ -39,7 +48,7 @@ AUTO_MAP = {
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.md"]
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """A problem with the source or the destination, worded for the person running the script."""
 
 
@@ -68,27 +77,13 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
 
 
 def weight_files(src: Path) -> tuple[list[Path], set[str]]:
-    """The checkpoint's weight files and parameter names; every shard named by the index must exist."""
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (src / s).is_file()]
-        if missing:
-            raise PrepareError(
-                f"{src} is incomplete: the index names {len(shards)} shards but {len(missing)} are missing "
-                f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); finish the download"
-            )
-        return [index] + [src / s for s in shards], set(weight_map)
-    single = src / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(single, "pt") as f:
-            return [single], set(f.keys())
-    raise PrepareError(
-        f"{src} has no weights: expected model.safetensors.index.json with its shards, or model.safetensors"
-    )
+    """The checkpoint's weight files and parameter names (:func:`support_basis.model_dir.check_weights`: every
+    shard named by the index exists, has a complete header and the size it describes, and holds exactly the
+    tensors the index maps to it)."""
+    try:
+        return check_weights(src)
+    except UserError as err:
+        raise PrepareError(str(err)) from None
 
 
 def check_source(src: Path) -> tuple[dict, list[Path], list[Path]]:
@@ -96,14 +91,23 @@ def check_source(src: Path) -> tuple[dict, list[Path], list[Path]]:
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise PrepareError(f"{src} has no config.json: is it a LLaDA checkpoint directory?")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = read_json_object(cfg_path, fix="download it again")
+    except UserError as err:
+        raise PrepareError(str(err)) from None
     if cfg.get("model_type") != "llada":
         raise PrepareError(
             f"{src}/config.json has model_type={cfg.get('model_type')!r}; expected 'llada' "
             "(a LLaDA-8B-Instruct or LLaDA-8B-Base checkpoint)"
         )
     files, names = weight_files(src)
-    expected = expected_parameter_names(cfg)
+    if not files:
+        raise PrepareError(f"{src} has PyTorch .bin weights only; this script links safetensors (download the "
+                           "*.safetensors files of the checkpoint)")
+    try:
+        expected = expected_parameter_names(cfg)
+    except ValueError as err:
+        raise PrepareError(f"{cfg_path}: {err}") from None
     if names != expected:
         missing, unexpected = sorted(expected - names), sorted(names - expected)
         raise PrepareError(
@@ -146,13 +150,43 @@ def prepare(
     chebyshev_degree = validate_chebyshev_degree(chebyshev_degree, "--chebyshev-degree")
     src = resolve_source(source, revision).resolve()
     out = Path(out).expanduser().resolve()
-    if out == src:
-        raise PrepareError("--out must differ from --source (the source checkpoint is left untouched)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise PrepareError(f"--out {out} exists and is not empty; pass --force to replace its contents")
+    if out == src or src in out.parents:
+        raise PrepareError("--out must lie outside --source (the source checkpoint is left untouched)")
+    try:
+        check_output_dir(out, "--out")
+    except UserError as err:
+        raise PrepareError(str(err)) from None
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise PrepareError(f"--out {out} exists and is not empty; pass --force to replace its contents")
+        if not (out / "config.json").is_file():  # --force deletes the old contents: only ever a model directory
+            raise PrepareError(f"--out {out} is not empty and not a model directory (no config.json); refusing to "
+                               "delete it even with --force: pass a new or empty directory")
     cfg, weights, tokenizer = check_source(src)
 
-    out.mkdir(parents=True, exist_ok=True)
+    # assemble beside --out, then move into place: a failure leaves nothing half-written, --force no stale file
+    anchor = out.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=anchor))
+    stage.chmod(0o755)  # mkdtemp makes it private
+    try:
+        _assemble(stage, cfg, weights, tokenizer, copy, exact_ratio, chebyshev_degree)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+        if old is not None:
+            os.replace(out, old)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    return out
+
+
+def _assemble(out: Path, cfg: dict, weights, tokenizer, copy: bool, exact_ratio: float, chebyshev_degree: int):
+    """Write the BS directory's files into ``out`` (an empty directory)."""
     for f in weights + tokenizer:
         _place(f, out / f.name, copy)
     cfg = dict(cfg)
@@ -170,7 +204,6 @@ def prepare(
         if target.is_symlink() or target.exists():
             target.unlink()
         shutil.copyfile(MODEL_CODE_DIR / name, target)
-    return out
 
 
 def _place(src: Path, dst: Path, copy: bool):
@@ -182,8 +215,9 @@ def _place(src: Path, dst: Path, copy: bool):
         os.symlink(src, dst)
 
 
+@cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="official checkpoint: a local directory or a hub id")
     p.add_argument("--out", required=True, help="the BS model directory to write")
     p.add_argument("--exact-ratio", type=float, default=0.2, help="hybrid_exact_ratio in [0, 1] (default 0.2)")
@@ -195,9 +229,8 @@ def main(argv=None):
     try:
         out = prepare(a.source, a.out, exact_ratio=a.exact_ratio, chebyshev_degree=a.chebyshev_degree,
                       copy=a.copy, force=a.force, revision=a.revision)
-    except (PrepareError, ValueError) as err:
-        print(f"prepare_model.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except ValueError as err:  # the hybrid knobs' validators
+        raise UserError(str(err)) from None
     print(f"wrote {out}\nload it with: AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True, "
           "dtype=torch.bfloat16)")
 

@@ -5,15 +5,25 @@
     enable_hybrid_attention(model, exact_ratio=0.2, chebyshev_degree=6)
 
 or, by name: ``register()`` once, then ``from_pretrained(..., attn_implementation="support_basis")``. The knobs
-live on the model's config (``model.config.hybrid_exact_ratio`` / ``hybrid_chebyshev_degree``) and are read at
-every forward, as in the LLaDA-BS model; unset, they default to the shipped 0.2 / 6.
+live on the model's config (``model.config.hybrid_exact_ratio`` / ``hybrid_chebyshev_degree``, and optionally
+``hybrid_exact_split`` / ``hybrid_fit``) and are read at every forward, as in the LLaDA-BS model; unset, they
+default to the shipped 0.2 / 6 / 0.5 / "chebyshev".
 """
 
 from __future__ import annotations
 
 import torch
 
-from hybrid_attention import DEFAULT_NUM_SAMPLES, hybrid_attention, validate_chebyshev_degree, validate_exact_ratio
+from hybrid_attention import (
+    DEFAULT_EXACT_SPLIT,
+    DEFAULT_FIT,
+    DEFAULT_NUM_SAMPLES,
+    hybrid_attention,
+    validate_chebyshev_degree,
+    validate_exact_ratio,
+    validate_exact_split,
+    validate_fit,
+)
 
 BACKEND_NAME = "support_basis"
 DEFAULT_EXACT_RATIO = 0.2
@@ -44,6 +54,8 @@ def support_basis_attention_forward(
     ratio = validate_exact_ratio(getattr(config, "hybrid_exact_ratio", DEFAULT_EXACT_RATIO))
     degree = validate_chebyshev_degree(getattr(config, "hybrid_chebyshev_degree", DEFAULT_CHEBYSHEV_DEGREE))
     samples = getattr(config, "hybrid_num_samples", DEFAULT_NUM_SAMPLES)
+    split = validate_exact_split(getattr(config, "hybrid_exact_split", DEFAULT_EXACT_SPLIT))
+    fit = validate_fit(getattr(config, "hybrid_fit", DEFAULT_FIT))
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     lq, lk = query.shape[2], key.shape[2]
     if attention_mask is None and causal and lq > 1:
@@ -55,7 +67,7 @@ def support_basis_attention_forward(
         attention_mask = _mask_padded_queries(attention_mask, lq, lk)
     out = hybrid_attention(
         query, key, value, attention_mask, exact_ratio=ratio, chebyshev_degree=degree, scaling=scaling,
-        num_samples=samples,
+        num_samples=samples, exact_split=split, fit=fit,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -92,11 +104,17 @@ def register(name: str = BACKEND_NAME) -> str:
 
 
 def enable_hybrid_attention(
-    model, exact_ratio: float = DEFAULT_EXACT_RATIO, chebyshev_degree: int = DEFAULT_CHEBYSHEV_DEGREE
+    model,
+    exact_ratio: float = DEFAULT_EXACT_RATIO,
+    chebyshev_degree: int = DEFAULT_CHEBYSHEV_DEGREE,
+    exact_split: float = DEFAULT_EXACT_SPLIT,
+    fit: str = DEFAULT_FIT,
 ):
     """Switch a loaded transformers model to hybrid attention with these knobs; returns the model."""
     name = register()
     model.config.hybrid_exact_ratio = validate_exact_ratio(exact_ratio, "exact_ratio")
     model.config.hybrid_chebyshev_degree = validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
+    model.config.hybrid_exact_split = validate_exact_split(exact_split, "exact_split")
+    model.config.hybrid_fit = validate_fit(fit, "fit")
     model.set_attn_implementation(name)
     return model

@@ -69,6 +69,9 @@ the model argument wins)
 ``steps``, ``gen_length``, ``block_length``   sampler schedule (default 1024 / 1024 / 1024, LLaDA's lm-eval runs)
 ``temperature``       sampling temperature (default 0 = greedy); ``remasking``: low_confidence | random
 ``logits_eos_inf``, ``confidence_eos_eot_inf``   the sampler's EOS options (default False)
+``cache``             the fast sampler's key/value cache for generation: none (default) | prefix | dual
+``threshold``         reveal every position with confidence >= threshold in (0, 1] per step (default: off)
+``factor``            adaptive parallel decoding factor > 0 (default: off; excludes ``threshold``)
 ``max_length``        longest sequence (default: the config's ``max_sequence_length``); longer contexts are cut
                       from the left, with a warning
 ``dtype``             auto (bfloat16 on CUDA, float32 otherwise) | float32 | bfloat16 | float16
@@ -77,7 +80,10 @@ the model argument wins)
 ``batch_size``        Monte Carlo rows (likelihood) or prompts (generation) per forward (default 32); it never
                       changes a likelihood estimate, only speed and memory
 
-Bad values raise ``ValueError`` naming the argument before the model is loaded; unknown arguments are rejected.
+Bad values raise :class:`ModelArgError` (a ``ValueError``, and a ``support_basis.errors.UserError`` that
+``scripts/lm_eval_llada.py`` turns into one line on stderr with exit status 2) naming the argument before the
+model is loaded; unknown arguments are rejected. :meth:`LLaDABSEvalHarness.check_arguments` runs every check,
+the model directory's included, without loading anything (the wrapper calls it before lm-eval starts).
 """
 
 from __future__ import annotations
@@ -110,8 +116,10 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # generate.py and hybrid_attention.py live at the repository root
     sys.path.insert(0, str(_REPO))
 
-from generate import check_schedule, generate, left_pad, model_device  # noqa: E402
+from generate import check_fast_sampling, check_schedule, generate, left_pad, model_device  # noqa: E402
 from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio  # noqa: E402
+from support_basis.errors import UserError  # noqa: E402
+from support_basis.model_dir import check_model_dir, load_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +311,20 @@ def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class ModelArgError(UserError, ValueError):
+    """A bad model argument (``--model_args``): names the argument, the value and the rule."""
+
+
+def _arg(check, *args, **kwargs):
+    """``check(*args, **kwargs)`` with its ``ValueError`` reported as a :class:`ModelArgError`."""
+    try:
+        return check(*args, **kwargs)
+    except ModelArgError:
+        raise
+    except ValueError as err:
+        raise ModelArgError(f"{MODEL_NAME} model argument: {err}") from None
+
+
 def _number(value):
     """A numeric string as int or float (model arguments may arrive as text); anything else unchanged."""
     if isinstance(value, str):
@@ -319,14 +341,14 @@ def _as_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise ModelArgError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return value
 
 
 def _as_float(name: str, value, minimum: float = 0.0) -> float:
     value = _number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
+        raise ModelArgError(f"{name} must be a finite number >= {minimum}; got {value!r}")
     return float(value)
 
 
@@ -335,7 +357,7 @@ def _as_bool(name: str, value) -> bool:
         return value.lower() in ("true", "1")
     if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
-    raise ValueError(f"{name} must be true or false; got {value!r}")
+    raise ModelArgError(f"{name} must be true or false; got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,6 +385,9 @@ class LLaDABSEvalHarness(LM):
         remasking: str = "low_confidence",
         logits_eos_inf: bool = False,
         confidence_eos_eot_inf: bool = False,
+        cache: str = "none",
+        threshold: float | None = None,
+        factor: float | None = None,
         max_length: int | None = None,
         dtype: str = "auto",
         device: str | None = "auto",
@@ -376,33 +401,43 @@ class LLaDABSEvalHarness(LM):
         if unknown:
             hints = [f"{k} (did you mean {_ARG_HINTS[k]}?)" if k in _ARG_HINTS else k for k in unknown]
             valid = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "unknown")]
-            raise ValueError(f"{MODEL_NAME}: unknown model argument(s): {', '.join(hints)}. Valid: {', '.join(valid)}")
+            raise ModelArgError(f"{MODEL_NAME}: unknown model argument(s): {', '.join(hints)}. Valid: "
+                                f"{', '.join(valid)}")
         if not pretrained:
-            raise ValueError(f"{MODEL_NAME}: give the model directory as pretrained=DIR")
-        self.exact_ratio = None if exact_ratio is None else validate_exact_ratio(_number(exact_ratio), "exact_ratio")
-        self.chebyshev_degree = None if chebyshev_degree is None else validate_chebyshev_degree(
-            _as_int("chebyshev_degree", chebyshev_degree), "chebyshev_degree")
+            raise ModelArgError(f"{MODEL_NAME}: give the model directory as pretrained=DIR")
+        self.exact_ratio = None if exact_ratio is None else _arg(
+            validate_exact_ratio, _number(exact_ratio), "exact_ratio")
+        self.chebyshev_degree = None if chebyshev_degree is None else _arg(
+            validate_chebyshev_degree, _as_int("chebyshev_degree", chebyshev_degree), "chebyshev_degree")
         self.mc_num = _as_int("mc_num", mc_num)
         self.mc_batch_size = min(self.mc_num, 32) if mc_batch_size is None else _as_int("mc_batch_size", mc_batch_size)
         if self.mc_num % self.mc_batch_size:
-            raise ValueError(f"mc_num ({self.mc_num}) must be a multiple of mc_batch_size ({self.mc_batch_size})")
+            raise ModelArgError(f"mc_num ({self.mc_num}) must be a multiple of mc_batch_size ({self.mc_batch_size})")
         self.cfg = _as_float("cfg", cfg)
         self.check_greedy = _as_bool("check_greedy", check_greedy)
         self.steps, self.gen_length, self.block_length = (
             _as_int("steps", steps), _as_int("gen_length", gen_length), _as_int("block_length", block_length))
         self.temperature = _as_float("temperature", temperature)
         self.remasking = remasking
-        check_schedule(self.steps, self.gen_length, self.block_length, remasking, self.temperature, self.cfg)
+        _arg(check_schedule, self.steps, self.gen_length, self.block_length, remasking, self.temperature, self.cfg)
         self.logits_eos_inf = _as_bool("logits_eos_inf", logits_eos_inf)
         self.confidence_eos_eot_inf = _as_bool("confidence_eos_eot_inf", confidence_eos_eot_inf)
+        self.cache_mode = cache
+        self.threshold = None if threshold is None else _number(threshold)
+        self.factor = None if factor is None else _number(factor)
+        _arg(check_fast_sampling, self.cache_mode, self.threshold, self.factor, remasking)
         if dtype not in ("auto", *DTYPES):
-            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+            raise ModelArgError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
         self.seed = _as_int("seed", seed, minimum=0)
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
-            raise ValueError("batch_size must be a positive integer (this backend has no automatic batch size); "
-                             f"got {batch_size!r}")
+            raise ModelArgError("batch_size must be a positive integer (this backend has no automatic batch "
+                                f"size); got {batch_size!r}")
         self.batch_size = _as_int("batch_size", batch_size)
         self._max_length_arg = None if max_length is None else _as_int("max_length", max_length, minimum=2)
+        if getattr(self, "_checks_only", False):  # check_arguments(): the directory's files too, nothing loaded
+            check_model_dir(str(pretrained), "pretrained=")
+            _arg(_pick_device, device)
+            return
 
         self.accelerator = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun with several processes
@@ -450,6 +485,16 @@ class LLaDABSEvalHarness(LM):
         return cls(**arg_dict, **extra)
 
     @classmethod
+    def check_arguments(cls, arg_dict, additional_config=None) -> None:
+        """Every check :meth:`create_from_arg_obj` would make before loading (arguments, the model directory's
+        files, the device), without loading anything; raises :class:`UserError` (``ModelArgError`` for an
+        argument)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        self = cls.__new__(cls)
+        self._checks_only = True
+        self.__init__(**arg_dict, **extra)
+
+    @classmethod
     def create_from_arg_string(cls, arg_string, additional_config=None):
         from lm_eval.utils import simple_parse_args_string
 
@@ -457,23 +502,14 @@ class LLaDABSEvalHarness(LM):
 
     def _load(self, name: str, dtype: str):
         import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
-        path = Path(name).expanduser()
-        looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") != 1
-        if looks_local and not path.is_dir():
-            raise FileNotFoundError(
-                f"{MODEL_NAME}: model directory {name!r} does not exist (build a tiny one with "
-                "`python scripts/make_tiny_model.py DIR`, or prepare the official weights with "
-                "`python scripts/prepare_model.py --source GSAI-ML/LLaDA-8B-Instruct --out DIR`)")
-        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
-        for field, value in (("hybrid_exact_ratio", self.exact_ratio),
-                             ("hybrid_chebyshev_degree", self.chebyshev_degree)):
-            if not hasattr(config, field):
-                raise ValueError(f"{name!r} is not a LLaDA-BS model directory (its config has no {field}); "
-                                 "prepare one with scripts/prepare_model.py")
-            if value is not None:
-                setattr(config, field, value)
+        check_model_dir(name, "pretrained=")  # a LLaDA-BS directory with complete files (UserError otherwise)
+        config = load_config(name, "pretrained=", hybrid_exact_ratio=self.exact_ratio,
+                             hybrid_chebyshev_degree=self.chebyshev_degree)
+        if not hasattr(config, "hybrid_exact_ratio"):  # a hub id, not checked on disk
+            raise UserError(f"pretrained={name} is not a LLaDA-BS model (its config has no hybrid_exact_ratio); "
+                            "prepare one with scripts/prepare_model.py")
         if getattr(config, "mask_token_id", None) is None:
             raise ValueError(f"{name!r}: the config has no mask_token_id")
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if self._device.type == "cuda" else torch.float32)
@@ -616,7 +652,8 @@ class LLaDABSEvalHarness(LM):
                            gen_length=self.gen_length, block_length=self.block_length, temperature=self.temperature,
                            cfg_scale=self.cfg, remasking=self.remasking, mask_id=self.mask_id,
                            eot_token_id=self.eot_id, logits_eos_inf=self.logits_eos_inf,
-                           confidence_eos_eot_inf=self.confidence_eos_eot_inf, generator=generator)
+                           confidence_eos_eot_inf=self.confidence_eos_eot_inf, generator=generator,
+                           cache=self.cache_mode, threshold=self.threshold, factor=self.factor)
             gen = out[:, ids.shape[1] :]
             is_stop = torch.isin(gen, stop_ids)
             ends = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), gen.shape[1]).tolist()

@@ -512,5 +512,6 @@ def test_cli_vit_image_dir_and_errors(tmp_path, capsys):
     assert all(_png_ok(out / n) for n in ("hist_q.png", "hist_k.png", "summary.png", "kde_overlay.png"))
     with pytest.raises(SystemExit):
         cli.main(["--model", str(model_dir), "--texts", str(images / "img0.png"), "--out", str(out)])
-    with pytest.raises(SystemExit, match="out of range"):
+    with pytest.raises(SystemExit) as e:  # one line on stderr, exit status 2
         cli.main(["--model", str(model_dir), "--layers", "7", "--out", str(out)])
+    assert e.value.code == 2 and "out of range" in capsys.readouterr().err

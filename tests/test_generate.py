@@ -250,7 +250,7 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--model", str(tmp_path / "missing"), "--prompt", "x")
     assert code != 0 and "does not exist" in err
     code, _, err = run_cli(capsys, "--model", str(tiny_model_dir), "--prompt", "x", "--exact-ratio", "1.5")
-    assert code == 2 and "hybrid_exact_ratio must be in [0, 1]" in err
+    assert code == 2 and "--exact-ratio must be in [0, 1]" in err
     code, _, err = run_cli(capsys, "--model", str(tiny_model_dir), "--prompt", "x", "--steps", "1",
                            "--gen-length", "8", "--block-length", "4")
     assert code == 2 and "number of blocks" in err

@@ -274,7 +274,9 @@ def test_bad_model_arguments_are_reported_before_loading(lm_mod, model_args, ove
 
 
 def test_missing_model_directory(lm_mod, tmp_path):
-    with pytest.raises(FileNotFoundError, match="make_tiny_model"):
+    from support_basis.errors import UserError
+
+    with pytest.raises(UserError, match="make_tiny_model"):
         lm_mod.LLaDABSEvalHarness(pretrained=str(tmp_path / "nope"), device="cpu")
 
 

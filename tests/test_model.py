@@ -234,8 +234,10 @@ def test_forward_options(tiny_model, rng):
     assert torch.equal(tiny_model(ids, return_dict=False)[0], out.logits)
     four_d = torch.ones(2, 1, 12, 12, dtype=torch.bool)
     assert torch.allclose(tiny_model(ids, attention_mask=four_d).logits, out.logits, atol=1e-6)
-    with pytest.raises(ValueError, match="cache"):
-        tiny_model(ids, use_cache=True)
+    cached = tiny_model(ids, use_cache=True)  # the diffusion key/value cache: tests/test_cache.py
+    assert torch.equal(cached.logits, out.logits) and len(cached.past_key_values) == tiny_model.config.n_layers
+    with pytest.raises(ValueError, match="cache_position needs past_key_values"):
+        tiny_model(ids, cache_position=2)
     with pytest.raises(ValueError, match="max_sequence_length"):
         tiny_model(torch.zeros(1, tiny_model.config.max_sequence_length + 1, dtype=torch.long))
 

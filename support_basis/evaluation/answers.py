@@ -8,6 +8,8 @@ The paper's runners take the first ``\\b[A-E]\\b`` in the text, so "A good choic
 4. the first standalone letter that is not the article "A" of a sentence (``A`` followed by a lowercase word
    other than a verb or connective: "A cat ..." is an article, "A is correct" a letter);
 otherwise no answer (``None``). Only the letters of the question's own choices count.
+
+:func:`paper_choice` is the paper's parser, for numbers comparable with the paper's (``--answer_parser paper``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def parse_choice(text: str, n_choices: int, choices: list[str] | None = None) ->
         if m.group(1) in valid and not _is_article(t, m.start(1)):
             return m.group(1)
     return None
+
+
+_PAPER = re.compile(r"\b[A-E]\b")
+PARSERS = ("reader", "paper")
+
+
+def paper_choice(text: str) -> str | None:
+    """The paper's runners' parse: the first standalone capital ``A``..``E`` anywhere in ``text`` (so "A good
+    choice is C." gives ``A``), whatever the number of choices; ``None`` if there is none."""
+    m = _PAPER.search(text)
+    return m.group(0) if m else None
 
 
 _LETTER_VERBS = r"(?:is|was|seems|appears|looks|would|should|must|can|could|because|since|as|and|or|fits)\b"

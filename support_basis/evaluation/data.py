@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError, iter_jsonl, read_text
 from .tasks import Item, Task
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data cannot be had or read; the message says what to do."""
 
 
@@ -69,15 +70,20 @@ def _local_rows(task: Task, path: Path) -> tuple[list[dict], str]:
         except Exception as err:
             raise DataError(f"could not read {source}: {type(err).__name__}: {err}") from None
     rows = []
-    for f in files:  # json / jsonl: read directly (no Arrow cache to build)
-        text = f.read_text(encoding="utf-8")
+    for f in files:  # json / jsonl: read directly (no Arrow cache to build), errors name the file and line
+        text = read_text(f)
+        if f.suffix == ".jsonl" or not text.lstrip().startswith("["):
+            rows.extend(row for _, row in iter_jsonl(f, fix="fix or remove that line"))
+            continue
         try:
-            if f.suffix == ".jsonl" or not text.lstrip().startswith("["):
-                rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
-            else:
-                rows.extend(json.loads(text))
+            value = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{f} is not valid JSON lines: {err}") from None
+            raise DataError(f"{f} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        bad = next((i for i, row in enumerate(value) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise DataError(f"{f}: element {bad} of the list is a {type(value[bad]).__name__}, not a record (a JSON "
+                            "object in the hub schema)")
+        rows.extend(value)
     return rows, source
 
 

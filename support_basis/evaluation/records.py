@@ -7,27 +7,45 @@
 With several processes each rank appends to ``records.rank<r>.jsonl``; the last step merges every shard into
 ``records.jsonl`` sorted by item index, so the directory ends identical to a single-process run. Re-running the
 same command resumes: items already in any of these files are skipped. A line cut short by a crash is ignored.
+
+Nothing is created before the first record: a run that fails earlier leaves no directory behind. Every record
+carries ``item_fp``, a fingerprint of its item (prompt, choices, answer key); a record is reused only for the same
+item, so a directory whose records came from other data (the data file changed) is refused, not silently reused.
+The summary scores exactly the items of the current run (``--limit`` may shrink or grow between resumes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import UserError, read_json_object, read_text
+from .answers import PARSERS, paper_choice
+
 # Settings that change what an item's record is; the rest (batch size, limit, ...) may vary between resumes.
 IDENTITY_KEYS = ("task", "model", "exact_ratio", "chebyshev_degree", "steps", "gen_length", "block_length",
-                 "temperature", "remasking", "cfg_scale", "dtype", "seed", "data", "chat")
+                 "temperature", "remasking", "cfg_scale", "dtype", "seed", "data", "chat", "cache", "threshold",
+                 "factor", "exact_split", "fit")
+# identity keys added later: a run.json written before them holds their default
+IDENTITY_DEFAULTS = {"cache": "none", "threshold": None, "factor": None, "exact_split": 0.5, "fit": "chebyshev"}
 
 
-class ConfigMismatch(Exception):
-    """The output directory was written by a run with other settings."""
+class ConfigMismatch(UserError):
+    """The output directory was written by a run with other settings (or from other data)."""
+
+
+def item_fingerprint(item) -> str:
+    """16 hex digits identifying an item's content: id, prompt, choices, answer key and subject."""
+    text = json.dumps([item.id, item.prompt, list(item.choices), item.gold, item.subject], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 _SHORT = {"steps": "steps", "gen_length": "gen", "block_length": "block", "temperature": "temp",
-          "remasking": "", "cfg_scale": "cfg"}
+          "remasking": "", "cfg_scale": "cfg", "cache": "cache-", "threshold": "thr", "factor": "fac"}
 
 
 def config_name(settings: dict, default_sampler: dict) -> str:
@@ -35,8 +53,12 @@ def config_name(settings: dict, default_sampler: dict) -> str:
     (``ratio0.2_deg6__steps16_temp0.5``)."""
     r = settings["exact_ratio"]
     name = "exact" if r >= 1 else f"ratio{r:g}_deg{settings['chebyshev_degree']}"
-    changed = [f"{_SHORT[k]}{settings[k]:g}" if isinstance(settings[k], (int, float)) else f"{settings[k]}"
-               for k, default in default_sampler.items() if settings[k] != default]
+    if r < 1 and settings.get("exact_split", 0.5) != 0.5:  # the op's knobs beyond the paper, when set
+        name += f"_split{settings['exact_split']:g}"
+    if r < 1 and settings.get("fit", "chebyshev") != "chebyshev":
+        name += f"_{settings['fit']}"
+    changed = [f"{_SHORT[k]}{settings[k]:g}" if isinstance(settings[k], (int, float))
+               else f"{_SHORT[k]}{settings[k]}" for k, default in default_sampler.items() if settings[k] != default]
     return name + ("__" + "_".join(changed) if changed else "")
 
 
@@ -44,7 +66,6 @@ class RecordStore:
     def __init__(self, run_dir: Path, settings: dict, rank: int = 0, world_size: int = 1):
         self.dir = Path(run_dir)
         self.rank, self.world_size = rank, world_size
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._claim(settings)
         own = "records.jsonl" if world_size == 1 else f"records.rank{rank}.jsonl"
         self.path = self.dir / own
@@ -56,8 +77,9 @@ class RecordStore:
         self._identity = {k: settings.get(k) for k in IDENTITY_KEYS}
         path = self.dir / "run.json"
         if path.exists():
-            previous = json.loads(path.read_text())
-            diff = {k: (previous.get(k), v) for k, v in self._identity.items() if previous.get(k) != v}
+            previous = read_json_object(path, fix=f"delete {self.dir} to start over")
+            previous = {k: previous.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY_KEYS}
+            diff = {k: (previous[k], v) for k, v in self._identity.items() if previous[k] != v}
             if diff:
                 detail = "; ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
                 raise ConfigMismatch(
@@ -66,6 +88,7 @@ class RecordStore:
                 )
 
     def _write_claim(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "run.json"
         if not path.exists():
             _atomic_write(path, json.dumps(self._identity, indent=2, sort_keys=True) + "\n")
@@ -77,6 +100,17 @@ class RecordStore:
             for rec in _read_jsonl(f):
                 done[rec["idx"]] = rec
         return done
+
+    def check_items(self, items) -> None:
+        """Refuse (:class:`ConfigMismatch`) records made from other data than ``items`` (same index, other item)."""
+        done = self.finished()
+        for item in items:
+            rec = done.get(item.idx)
+            if rec is not None and rec.get("item_fp") != item_fingerprint(item):
+                raise ConfigMismatch(
+                    f"{self.dir} holds records made from other data: item {item.idx} ({item.id!r}) differs from the "
+                    "data now (the data file changed?). Use another --out_dir, or delete that directory to start over."
+                )
 
     def append(self, records: list[dict]) -> None:
         if not records:
@@ -105,20 +139,36 @@ class RecordStore:
         return path
 
 
-def score(records: list[dict]) -> dict:
-    """Accuracy, its binomial standard error, counts; per subject where records carry one."""
-    n = len(records)
-    correct = sum(bool(r["correct"]) for r in records)
-    acc = correct / n if n else math.nan
-    out = {"n": n, "correct": correct, "accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n) if n else math.nan,
-           "unparsed": sum(r["parsed"] is None for r in records)}
+def parse_of(record: dict, parser: str = "reader") -> str | None:
+    """The answer ``parser`` read in a record: ``parsed`` (reader) or ``parsed_paper`` (derived from the raw
+    output for records written before both were stored)."""
+    if parser == "reader":
+        return record["parsed"]
+    return record["parsed_paper"] if "parsed_paper" in record else paper_choice(record.get("raw_output", ""))
+
+
+def score(records: list[dict], parser: str = "reader") -> dict:
+    """Accuracy, its binomial standard error, counts (per subject where records carry one) under ``parser``,
+    plus ``by_parser``: accuracy, stderr and unparsed count under each parser (reader and paper)."""
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
+    by_parser = {}
+    for name in PARSERS:
+        parses = [parse_of(r, name) for r in records]
+        correct = sum(p == r["gold"] for p, r in zip(parses, records))
+        n = len(records)
+        acc = correct / n if n else math.nan
+        by_parser[name] = {"correct": correct, "accuracy": acc,
+                           "stderr": math.sqrt(acc * (1 - acc) / n) if n else math.nan,
+                           "unparsed": sum(p is None for p in parses)}
+    out = {"n": len(records), **by_parser[parser], "answer_parser": parser, "by_parser": by_parser}
     by_subject = defaultdict(list)
     for r in records:
         if r.get("subject"):
             by_subject[r["subject"]].append(r)
     if by_subject:
         out["per_subject"] = {
-            s: {"n": len(rs), "accuracy": sum(bool(r["correct"]) for r in rs) / len(rs)}
+            s: {"n": len(rs), "accuracy": sum(parse_of(r, parser) == r["gold"] for r in rs) / len(rs)}
             for s, rs in sorted(by_subject.items())
         }
     return out
@@ -135,13 +185,24 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The records of one file. A last line without its newline that is not JSON is the line a crash cut short
+    (that item is simply redone); any other line that is not a record is a :class:`UserError` naming the line."""
+    text = read_text(path)
+    lines = text.split("\n")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # the line a crash cut short: that item is simply redone
+    fix = f"repair or remove that line (or delete {path.parent} to start over)"
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # no newline after it: torn by a crash
+                continue
+            raise UserError(f"{path}, line {number}: not valid JSON (column {err.colno}: {err.msg}); {fix}") from None
+        if not isinstance(rec, dict) or isinstance(rec.get("idx"), bool) or not isinstance(rec.get("idx"), int):
+            raise UserError(f"{path}, line {number}: not a record (a JSON object with an integer idx); {fix}")
+        out.append(rec)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
@@ -9,9 +10,11 @@ from tqdm.auto import tqdm
 
 from generate import generate, left_pad, pad_id_of, tokenize_prompts
 
+from ..errors import UserError
+from ..model_dir import check_token_ids
 from ..reporting import machine
-from .answers import parse_choice
-from .records import RecordStore, score
+from .answers import paper_choice, parse_choice
+from .records import RecordStore, item_fingerprint, score
 from .tasks import Item, Task
 
 
@@ -34,29 +37,39 @@ def evaluate(
 
     Items are sharded round-robin by index (``idx % world_size == rank``) and, within a shard, batched by prompt
     length to keep padding small; results do not depend on the batching (padding never reaches attention).
-    Returns the summary on rank 0 (after merging every rank's records), ``None`` elsewhere.
+    Sampled runs (temperature > 0 or random remasking) generate one item per call with noise seeded by the run's
+    seed and the item (:func:`item_seed`), so they do not depend on batch size, resumption or process count either.
+    Returns the summary on rank 0 (after merging every rank's records), ``None`` elsewhere; it scores exactly
+    ``items`` (records of other items, e.g. beyond a smaller ``--limit``, stay in records.jsonl unscored).
     """
-    done = store.finished()
+    wanted = {it.idx for it in items}
+    store.check_items(items)
+    done = {i: r for i, r in store.finished().items() if i in wanted}
     mine = [it for it in items if it.idx % world_size == rank and it.idx not in done]
     device = next(model.parameters()).device
     tokens = dict(zip((it.idx for it in mine), tokenize_prompts(tokenizer, [it.prompt for it in mine], chat)))
+    _check_prompts(mine, tokens, model.config, settings["gen_length"])
     mine.sort(key=lambda it: len(tokens[it.idx]))
     pad_id = pad_id_of(tokenizer)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    generator = torch.Generator(device=device).manual_seed(settings["seed"] + rank)
+    sampled = settings["temperature"] > 0 or settings["remasking"] == "random"
+    per_call = 1 if sampled else batch_size
     bar = tqdm(total=len(mine), desc=f"{task.name} {store.dir.name}", unit="item", disable=not progress or rank != 0,
                dynamic_ncols=True)
     seen = [r["correct"] for r in done.values()]
     t0 = time.perf_counter()
-    for start in range(0, len(mine), batch_size):
-        batch = mine[start : start + batch_size]
+    for start in range(0, len(mine), per_call):
+        batch = mine[start : start + per_call]
+        generator = torch.Generator(device=device).manual_seed(item_seed(settings["seed"], batch[0])) \
+            if sampled else None
         ids, mask = (t.to(device) for t in left_pad([tokens[it.idx] for it in batch], pad_id))
-        out = generate(model, ids, mask, steps=settings["steps"], gen_length=settings["gen_length"],
-                       block_length=settings["block_length"], temperature=settings["temperature"],
-                       cfg_scale=settings["cfg_scale"], remasking=settings["remasking"], eot_token_id=eot,
-                       generator=generator)
+        out, nfe = generate(model, ids, mask, steps=settings["steps"], gen_length=settings["gen_length"],
+                            block_length=settings["block_length"], temperature=settings["temperature"],
+                            cfg_scale=settings["cfg_scale"], remasking=settings["remasking"], eot_token_id=eot,
+                            generator=generator, cache=settings.get("cache", "none"),
+                            threshold=settings.get("threshold"), factor=settings.get("factor"), return_nfe=True)
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        records = [_record(task, it, text) for it, text in zip(batch, answers)]
+        records = [{**_record(task, it, text), "nfe": int(n)} for it, text, n in zip(batch, answers, nfe.tolist())]
         store.append(records)
         seen.extend(r["correct"] for r in records)
         bar.update(len(batch))
@@ -66,13 +79,13 @@ def evaluate(
     seconds = time.perf_counter() - t0  # includes waiting for the slowest rank
     if rank != 0:
         return None
-    records = store.merge()
+    records = [r for r in store.merge() if r["idx"] in wanted]
     new = len(records) - len(done)
     summary = {
         "task": task.name,
         "title": task.title,
         "config": store.dir.name,
-        **score(records),
+        **score(records, settings.get("answer_parser", "reader")),
         "settings": settings,
         "model": settings["model"],
         "dataset": settings["data"],
@@ -80,6 +93,7 @@ def evaluate(
         "resumed_items": len(done),
         "wall_seconds": seconds,
         "items_per_s": new / seconds if new and seconds > 0 else None,
+        "mean_nfe": _mean([r["nfe"] for r in records if "nfe" in r]),
         "world_size": world_size,
         "machine": machine(),
     }
@@ -87,10 +101,36 @@ def evaluate(
     return summary
 
 
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def item_seed(seed: int, item: Item) -> int:
+    """The seed of one item's sampling noise: a hash of the run's seed and the item (index and id), 63 bits."""
+    digest = hashlib.sha256(f"{seed}:{item.idx}:{item.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _check_prompts(items: list[Item], tokens: dict, config, gen_length: int) -> None:
+    """Before the first generation: every prompt inside the vocabulary and short enough for the model."""
+    check_token_ids([tokens[it.idx] for it in items], config,
+                    [f"the prompt of item {it.idx} ({it.id!r})" for it in items])
+    limit = getattr(config, "max_sequence_length", None)
+    for it in items:
+        if limit is not None and len(tokens[it.idx]) + gen_length > limit:
+            raise UserError(f"item {it.idx} ({it.id!r}): its prompt is {len(tokens[it.idx])} tokens, with gen_length "
+                            f"{gen_length} more than the model's max_sequence_length ({limit}); lower --gen_length "
+                            "or drop the item from the data")
+
+
 def _record(task: Task, item: Item, raw: str) -> dict:
+    """One item's record: ``parsed``/``correct`` are the reader's parse, ``parsed_paper``/``correct_paper`` the
+    paper's (first standalone A-E); ``item_fp`` ties the record to the item's content."""
     parsed = parse_choice(raw, len(item.choices), list(item.choices))
+    paper = paper_choice(raw)
     rec = {"idx": item.idx, "id": item.id, "task": task.name, "gold": item.gold, "parsed": parsed,
-           "correct": parsed == item.gold, "raw_output": raw, "choices": list(item.choices)}
+           "correct": parsed == item.gold, "parsed_paper": paper, "correct_paper": paper == item.gold,
+           "raw_output": raw, "choices": list(item.choices), "item_fp": item_fingerprint(item)}
     if item.subject is not None:
         rec["subject"] = item.subject
     return rec

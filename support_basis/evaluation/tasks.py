@@ -57,7 +57,8 @@ def _arc_item(idx: int, row: dict) -> Item:
         "answer. Respond with only the letter of the correct choice.\n\n"
         f"Question: {row['question']}\n\nChoices:\n{_choice_lines(texts)}\n\nAnswer:"
     )
-    return Item(idx, str(row.get("id", idx)), prompt, tuple(texts), LETTERS[labels.index(row["answerKey"])])
+    return Item(idx, str(row.get("id", idx)), prompt, tuple(texts), LETTERS[labels.index(row["answerKey"])],
+                row.get("subject"))
 
 
 def _gpqa_item(idx: int, row: dict, seed: int = 0) -> Item:
@@ -83,7 +84,8 @@ def _hellaswag_item(idx: int, row: dict) -> Item:
         f"sentence.\n\nContext: {row['ctx']}\n\nOptions:\n{_choice_lines(endings)}\n\n"
         "Answer with the letter (A, B, C, or D) that best completes the context.\nAnswer:"
     )
-    return Item(idx, str(row.get("ind", idx)), prompt, tuple(endings), LETTERS[int(row["label"])])
+    gold = _gold_index(row["label"], len(endings), f"HellaSwag item {row.get('ind', idx)}", "label")
+    return Item(idx, str(row.get("ind", idx)), prompt, tuple(endings), LETTERS[gold], row.get("subject"))
 
 
 def _mmlu_item(idx: int, row: dict) -> Item:
@@ -94,7 +96,20 @@ def _mmlu_item(idx: int, row: dict) -> Item:
         "Answer with the letter (A, B, C, or D) that best answers the question.\nAnswer:"
     )
     subject = row.get("subject")
-    return Item(idx, f"{subject}/{idx}", prompt, tuple(choices), LETTERS[int(row["answer"])], subject)
+    gold = _gold_index(row["answer"], len(choices), f"MMLU item {idx}", "answer")
+    return Item(idx, f"{subject}/{idx}", prompt, tuple(choices), LETTERS[gold], subject)
+
+
+def _gold_index(value, n_choices: int, item: str, field: str) -> int:
+    """A 0-based answer index (int or digit string) checked against the number of choices, as ARC checks its
+    key: an index out of range would otherwise score every answer wrong, silently."""
+    try:
+        gold = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{item}: {field} {value!r} is not an index 0..{n_choices - 1}") from None
+    if isinstance(value, bool) or not 0 <= gold < min(n_choices, len(LETTERS)):
+        raise ValueError(f"{item}: {field} {value!r} is out of range for its {n_choices} choices (0..{n_choices - 1})")
+    return gold
 
 
 TASKS: dict[str, Task] = {

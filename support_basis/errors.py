@@ -1,0 +1,206 @@
+"""Errors for people: the one place that turns an expected failure into one line on stderr and exit status 2.
+
+The standard every command line of this project follows (README, "Troubleshooting"):
+
+- flags are checked before a model is loaded (and, where possible, before torch is imported);
+- an expected failure (bad flag, missing or corrupt file, wrong directory, no CUDA, ...) is ONE line on stderr,
+  ``<program>: error: <message>``, naming the input, the value and what to do, with exit status 2, and leaves
+  no partial output behind;
+- an unexpected exception is not caught: it keeps its traceback.
+
+Code raises :class:`UserError` (or its subclasses) with a message worded for the person; :func:`cli` wraps a
+``main(argv)`` so that such errors become that one line. :class:`ArgumentParser` makes argparse's own errors
+(unknown flag, missing value, invalid choice) one line too. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An expected failure, worded for the person running the command (input, value, what to do)."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def fail(message: str, prog: str | None = None) -> NoReturn:
+    """Print ``<prog>: error: <message>`` as one line on stderr and exit with status 2."""
+    prog = prog or Path(sys.argv[0]).name or "python"
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE)
+
+
+def cli(main: Callable | None = None, *, prog: str | None = None):
+    """Decorate ``main(argv=None)``: a :class:`UserError` (subclasses included) becomes one line on stderr and
+    exit status 2; every other exception propagates with its traceback. ``prog`` names the program in the line
+    (default: the script's file name)."""
+    if main is None:
+        return functools.partial(cli, prog=prog)
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            fail(str(err), prog)
+
+    return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: argument --x: ... (see --help)``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)", self.prog)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values of flags: argparse types whose errors name the value and the allowed range
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _range_text(low, high, integer: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        return f"{kind} in [{low}, {high}]"
+    if low is not None:
+        return f"{kind} >= {low}"
+    if high is not None:
+        return f"{kind} <= {high}"
+    return kind
+
+
+def number(low: float | None = None, high: float | None = None, *, integer: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number (an integer with ``integer``) in ``[low, high]``."""
+    want = _range_text(low, high, integer)
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}; got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}; got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # argparse names the type in some messages
+    return parse
+
+
+positive_int = number(1, integer=True)
+nonnegative_int = number(0, integer=True)
+
+
+def utf8_text(text: str, what: str) -> str:
+    """``text`` (e.g. a command-line argument, which Python decodes with ``surrogateescape``) if it is valid
+    UTF-8, else :class:`UserError` naming ``what`` and the offending byte."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        offset = len(text[: err.start].encode("utf-8", "surrogateescape"))
+        raw = text.encode("utf-8", "surrogateescape")
+        raise UserError(f"{what} is not valid UTF-8 text (byte 0x{raw[offset]:02x} at byte {offset}); "
+                        "pass UTF-8 text (check the terminal's or the file's encoding)") from None
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files: read text, JSON and JSON lines, naming the file (and line) in every error
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_text(path: str | Path, what: str = "") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file is a :class:`UserError`."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{label} is a directory, not a file") from None
+    except OSError as err:
+        raise UserError(f"cannot read {label}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{label} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as "
+                        "UTF-8") from None
+
+
+def read_json(path: str | Path, what: str = "", *, fix: str = "") -> object:
+    """The JSON value in ``path``; invalid JSON is a :class:`UserError` with file, line and column (and ``fix``)."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        label = f"{what} {path}".strip()
+        raise UserError(f"{label} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+                        + (f"; {fix}" if fix else "")) from None
+
+
+def read_json_object(path: str | Path, what: str = "", *, fix: str = "") -> dict:
+    """Like :func:`read_json`, and the value must be a JSON object."""
+    value = read_json(path, what, fix=fix)
+    if not isinstance(value, dict):
+        label = f"{what} {path}".strip()
+        raise UserError(f"{label} holds a JSON {type(value).__name__}, not an object" + (f"; {fix}" if fix else ""))
+    return value
+
+
+def iter_jsonl(path: str | Path, what: str = "", *, fix: str = "") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines file; a line that is not a JSON object
+    is a :class:`UserError` naming the file and the line."""
+    label = f"{what} {path}".strip()
+    for number_, line in enumerate(read_text(path, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{label}, line {number_}: not valid JSON (column {err.colno}: {err.msg})"
+                            + (f"; {fix}" if fix else "")) from None
+        if not isinstance(value, dict):
+            raise UserError(f"{label}, line {number_}: expected a JSON object, got a {type(value).__name__}"
+                            + (f"; {fix}" if fix else ""))
+        yield number_, value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output locations: checked before any work, created only when there is something to write
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """Check that ``path`` can be (or is) a writable directory WITHOUT creating it; return it.
+
+    A path that is a file, lies under a file, or under a directory this user cannot write is a :class:`UserError`.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; pass a directory (it is created if missing)")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so the directory cannot be created; pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable by this user; pass a directory you can write")
+    return path

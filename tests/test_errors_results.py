@@ -1,0 +1,126 @@
+"""Silent wrong results that are now impossible (issue 11): sampled runs that depended on batch size or on where a
+run resumed, records reused after the data changed, ``n`` and ``--limit`` disagreeing, a stale weight file left
+by ``prepare_model.py --force``; and the two answer parsers (``--answer_parser reader|paper``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broken_inputs import official_layout
+from conftest import REPO
+from support_basis.evaluation import cli
+from support_basis.evaluation.answers import paper_choice
+from support_basis.evaluation.records import score
+from support_basis.evaluation.report import write_report
+
+FIXTURES = REPO / "tests" / "fixtures" / "data"
+RUN = "arc_easy/ratio0.2_deg6__steps2_gen8_block8"
+SAMPLED = "arc_easy/ratio0.2_deg6__steps2_gen8_block8_temp1"
+
+
+def run(model, out, *extra, data=FIXTURES, task="arc_easy"):
+    return cli.main(task, ["--model_name", str(model), "--out_dir", str(out), "--data_path", str(data),
+                           "--gen_length", "8", "--block_length", "8", "--steps", "2", "--no_progress", *extra])
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sampled_results_do_not_depend_on_batch_size_or_resumption(tiny_model_dir, tmp_path):
+    sampled = ("--temperature", "1.0", "--limit", "5")
+    run(tiny_model_dir, tmp_path / "b1", *sampled, "--batch_size", "1")
+    run(tiny_model_dir, tmp_path / "b4", *sampled, "--batch_size", "4")
+    run(tiny_model_dir, tmp_path / "resumed", "--temperature", "1.0", "--limit", "2", "--batch_size", "2")
+    run(tiny_model_dir, tmp_path / "resumed", *sampled, "--batch_size", "3")
+    one = (tmp_path / "b1" / SAMPLED / "records.jsonl").read_text()
+    assert (tmp_path / "b4" / SAMPLED / "records.jsonl").read_text() == one
+    assert (tmp_path / "resumed" / SAMPLED / "records.jsonl").read_text() == one
+    run(tiny_model_dir, tmp_path / "seed", *sampled, "--seed", "1")  # the noise is real: another seed, other text
+    other = records(tmp_path / "seed" / SAMPLED / "records.jsonl")
+    assert [r["raw_output"] for r in other] != [r["raw_output"] for r in records(tmp_path / "b1" / SAMPLED /
+                                                                                 "records.jsonl")]
+
+
+def test_a_changed_data_file_is_refused_not_reused(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (FIXTURES / "arc_easy.jsonl").read_text().splitlines()]
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(tiny_model_dir, tmp_path / "out", "--limit", "2", data=data)
+    rows[3]["question"] = "Changed beyond the limit: not part of this run."
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [summary] = run(tiny_model_dir, tmp_path / "out", "--limit", "2", data=data)  # still the same two items
+    assert summary["resumed_items"] == 2
+    rows[1]["question"] = "A different question at the same index."
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = (tmp_path / "out" / RUN / "records.jsonl").read_text()
+    with pytest.raises(SystemExit) as e:
+        run(tiny_model_dir, tmp_path / "out", "--limit", "2", data=data)
+    assert e.value.code == 2 and "item 1" in capsys.readouterr().err
+    assert (tmp_path / "out" / RUN / "records.jsonl").read_text() == before
+
+
+def test_limit_changed_on_resume_keeps_n_and_limit_together(tiny_model_dir, tmp_path):
+    run(tiny_model_dir, tmp_path, "--limit", "3")
+    [summary] = run(tiny_model_dir, tmp_path, "--limit", "2")
+    saved = json.loads((tmp_path / RUN / "summary.json").read_text())
+    assert summary["n"] == saved["n"] == saved["settings"]["limit"] == 2 and saved["resumed_items"] == 2
+    assert len(records(tmp_path / RUN / "records.jsonl")) == 3  # the third item's record is kept, not scored
+    [summary] = run(tiny_model_dir, tmp_path, "--limit", "3")
+    assert summary["n"] == 3 and summary["items_this_run"] == 0
+
+
+@pytest.mark.parametrize("text,letter", [("A good choice is C.", "A"), ("The answer is (B)", "B"), ("**D**", "D"),
+                                         ("E", "E"), ("none here", None), ("a b c", None)])
+def test_the_paper_parser_takes_the_first_standalone_capital(text, letter):
+    assert paper_choice(text) == letter
+
+
+def test_both_parsers_are_recorded_scored_and_reported(tiny_model_dir, tmp_path):
+    recs = [{"idx": 0, "gold": "C", "parsed": "C", "parsed_paper": "A", "raw_output": "A good choice is C."},
+            {"idx": 1, "gold": "B", "parsed": "B", "parsed_paper": "B", "raw_output": "B"},
+            {"idx": 2, "gold": "D", "parsed": None, "raw_output": "D... or maybe not"}]  # older record: derived
+    reader, paper = score(recs), score(recs, "paper")
+    assert (reader["accuracy"], paper["accuracy"]) == (2 / 3, 2 / 3) and reader["unparsed"] == 1
+    assert reader["by_parser"]["paper"]["correct"] == 2 and paper["answer_parser"] == "paper"
+    assert score(recs[:1])["accuracy"] == 1.0 and score(recs[:1], "paper")["accuracy"] == 0.0
+
+    [summary] = run(tiny_model_dir, tmp_path, "--limit", "3", "--answer_parser", "paper")
+    assert summary["answer_parser"] == "paper" and summary["settings"]["answer_parser"] == "paper"
+    assert summary["accuracy"] == summary["by_parser"]["paper"]["accuracy"]
+    for r in records(tmp_path / RUN / "records.jsonl"):
+        assert r["parsed_paper"] == paper_choice(r["raw_output"]) and r["correct_paper"] == (r["parsed_paper"] ==
+                                                                                            r["gold"])
+        assert "parsed" in r and len(r["item_fp"]) == 16
+    [again] = run(tiny_model_dir, tmp_path, "--limit", "3")  # the parser is not part of the run's identity
+    assert again["answer_parser"] == "reader" and again["items_this_run"] == 0
+
+    exact = tmp_path / "arc_easy" / "exact"
+    exact.mkdir()
+    (exact / "summary.json").write_text(json.dumps({
+        "task": "arc_easy", "config": "exact", "n": 3, "accuracy": 1.0, "stderr": 0.0, "unparsed": 0,
+        "answer_parser": "reader", "by_parser": {"reader": {"accuracy": 1.0, "stderr": 0.0, "unparsed": 0},
+                                                 "paper": {"accuracy": 0.5, "stderr": 0.1, "unparsed": 1}}}))
+    md, csv_path, _ = write_report(tmp_path)
+    text = md.read_text()
+    assert "`--answer_parser reader`" in text and "`--answer_parser paper`" in text
+    assert text.count("| ARC-Easy (n=3) | 100.00 ± 0.00") == 1 and "| ARC-Easy (n=3) | 50.00 ± 10.00" in text
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert {"answer_parser", "accuracy_reader", "accuracy_paper", "unparsed_paper"} <= set(header)
+
+
+def test_prepare_force_leaves_no_stale_weight_file(tiny_model_dir, tmp_path):
+    from prepare_model import prepare
+    from transformers import AutoModel
+
+    single = official_layout(tiny_model_dir, tmp_path / "single")
+    sharded = official_layout(tiny_model_dir, tmp_path / "sharded", sharded=True)
+    out = prepare(str(single), tmp_path / "bs", copy=True)
+    assert (out / "model.safetensors").is_file()
+    prepare(str(sharded), out, force=True)
+    assert not (out / "model.safetensors").exists() and (out / "model.safetensors.index.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
+    AutoModel.from_pretrained(out, trust_remote_code=True)

@@ -1,0 +1,128 @@
+"""scripts/train_llada.py and support_basis/training: LLaDA's SFT loss, batches, learning, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_llada
+from support_basis.training.data import Encoder, Example, SyntheticSource, collate
+from support_basis.training.loss import corrupt, sft_loss
+
+
+def _reference_loss(model, ids, response, mask_id, eps, seed):
+    """LLaDA's SFT loss written out per sequence and per token, from the full-sequence logits."""
+    noisy, masked, p_mask = corrupt(ids, response, mask_id, eps, torch.Generator().manual_seed(seed))
+    logits = model(noisy).logits.double()
+    total = 0.0
+    for b in range(ids.shape[0]):
+        answer_len = int(response[b].sum())
+        for j in range(ids.shape[1]):
+            if masked[b, j]:
+                ce = -torch.log_softmax(logits[b, j], -1)[ids[b, j]]
+                total += ce / float(p_mask[b, 0]) / answer_len
+    return total / ids.shape[0]
+
+
+def test_loss_matches_a_literal_reference(tiny_model, tiny_tokenizer):
+    src = SyntheticSource(Encoder(tiny_tokenizer), seed=3)
+    ids, response = src.batch(0, 4, 0.5)
+    mask_id = tiny_model.config.mask_token_id
+    ours = sft_loss(tiny_model, ids, response, mask_id, 1e-3, torch.Generator().manual_seed(5))
+    ref = _reference_loss(tiny_model, ids, response, mask_id, 1e-3, 5)
+    assert abs(float(ours) - float(ref)) / float(ref) < 1e-5
+
+
+def test_prompt_is_never_masked_and_rate_follows_t():
+    ids = torch.randint(0, 100, (4000, 20))
+    response = torch.zeros_like(ids, dtype=torch.bool)
+    response[:, 8:] = True
+    noisy, masked, p = corrupt(ids, response, 999, 1e-3, torch.Generator().manual_seed(0))
+    assert not masked[:, :8].any() and (noisy[:, :8] == ids[:, :8]).all()
+    assert (noisy[masked] == 999).all() and (noisy[~masked] == ids[~masked]).all()
+    rate = masked[:, 8:].float().mean(-1)
+    assert torch.corrcoef(torch.stack([rate, p[:, 0]]))[0, 1] > 0.9
+    assert 0.45 < float(p.mean()) < 0.55
+
+
+def test_collate_fills_responses_with_eos():
+    ids, response = collate([Example([1, 2, 3], [7, 8]), Example([4], [9])], eos_id=0, min_response=4)
+    assert ids.tolist() == [[1, 2, 3, 7, 8, 0, 0], [4, 9, 0, 0, 0, 0, 0]]
+    assert response.tolist() == [[False] * 3 + [True] * 4, [False] + [True] * 6]
+
+
+def test_batches_are_a_function_of_seed_and_step(tiny_tokenizer):
+    a = SyntheticSource(Encoder(tiny_tokenizer), seed=1)
+    b = SyntheticSource(Encoder(tiny_tokenizer), seed=1)
+    for step in (0, 7, 123):
+        assert all(torch.equal(x, y) for x, y in zip(a.batch(step, 3, 0.5), b.batch(step, 3, 0.5)))
+
+
+def _train(model_dir, out, *extra):
+    args = ["--model", str(model_dir), "--out", str(out), "--batch-size", "8", "--lr", "3e-3", "--warmup", "5",
+            "--log-every", "10", "--save-every", "10", "--eval-every", "0", "--no-progress", "--threads", "2",
+            "--kinds", "recall", *extra]
+    with torch.enable_grad():
+        assert train_llada.main(args) == 0
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path):
+    straight = tmp_path / "straight"
+    _train(tiny_model_dir, straight, "--steps", "40")
+    curve = [json.loads(line) for line in (straight / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [10, 20, 30, 40]
+    assert curve[-1]["loss"] < 0.7 * curve[0]["loss"], curve  # it learns (the EOS filling, then the values)
+    resumed = tmp_path / "resumed"
+    _train(tiny_model_dir, resumed, "--steps", "40", "--stop-after", "20", "--link-code")
+    assert json.loads((resumed / "training_log.jsonl").read_text().splitlines()[-1])["step"] == 20
+    _train(tiny_model_dir, resumed, "--steps", "40", "--resume", "--link-code")
+    code = resumed / "modeling_llada.py"  # one source of truth: a symlink to the repository's model code
+    assert code.is_symlink() and code.resolve() == (train_llada.REPO / "LLaDA-8B-Instruct-BS" / code.name).resolve()
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the exported directory is a complete model: it loads and keeps the configured hybrid knobs
+    from transformers import AutoModel
+
+    m = AutoModel.from_pretrained(resumed, trust_remote_code=True)
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    assert m.config.hybrid_exact_ratio == cfg["hybrid_exact_ratio"]
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.old"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be >= 1; got 0"),
+    (["--lr", "nan"], "--lr must be in (0, 1]"),
+    (["--eps", "1.5"], "--eps must be in (0, 1)"),
+    (["--kinds", "recall,mul"], "unknown kind(s) mul"),
+    (["--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl: no such file"),
+    (["--resume"], "--resume: no checkpoint at"),
+    (["--save-every", "15"], "must be a multiple of --log-every"),
+    (["--device", "cuda:0"], "CUDA is not available") if not torch.cuda.is_available() else (["--steps", "-1"], ">= 1"),
+])
+def test_bad_flags_fail_before_loading(tiny_model_dir, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.state").exists()
+
+
+def test_bad_model_dir_and_bad_data(tmp_path, tiny_model_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_llada.main(["--model", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "not a model directory" in capsys.readouterr().err
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": 3}\n')
+    with pytest.raises(SystemExit) as e:
+        train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
+    assert e.value.code == 2 and f"{data}, line 2" in capsys.readouterr().err
