@@ -45,7 +45,7 @@ def free_form(configs: list[tuple[float, int]], n: int, data: Path) -> dict:
 
     rows = [json.loads(x) for x in (data / "recall_free.jsonl").read_text().splitlines()[:n]]
     model = AutoModel.from_pretrained(CKPT, trust_remote_code=True, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(CKPT)
+    tok = AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True)
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     out = {}
     for ratio, degree in configs:

@@ -34,7 +34,7 @@ def shipped():
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(CKPT, trust_remote_code=True, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(CKPT)
+    return model, AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True)
 
 
 def _answers(model, tokenizer, prompts, **kw):
