@@ -207,8 +207,16 @@ def _fit_empirical(half: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, de
     uniform = _fit_chebyshev(half, degree)
     gram = gram + torch.diag(_FIT_PRIOR * norms)
     b = torch.stack(rhs, -1) + _FIT_PRIOR * norms * uniform
-    c = torch.linalg.solve_ex(gram, b[..., None], check_errors=False)[0][..., 0]
-    return torch.where(torch.isfinite(c).all(-1, keepdim=True), c, uniform)
+    # The system is symmetric positive definite (a Gram matrix plus a positive prior): Cholesky, which reports a
+    # failure (extreme scores: non-finite or numerically singular moments) in ``info`` instead of raising as LU
+    # does. Those heads solve an identity system and fall back to the paper's fit below.
+    eye = torch.eye(degree + 1, dtype=gram.dtype, device=gram.device)
+    finite = torch.isfinite(gram).all(-1).all(-1) & torch.isfinite(b).all(-1)
+    factor, info = torch.linalg.cholesky_ex(torch.where(finite[:, None, None], gram, eye))
+    ok = finite & (info == 0)
+    factor = torch.where(ok[:, None, None], factor, eye)
+    c = torch.cholesky_solve(torch.where(ok[:, None], b, uniform)[..., None], factor)[..., 0]
+    return torch.where(ok[:, None] & torch.isfinite(c).all(-1, keepdim=True), c, uniform)
 
 
 def _evaluation_coefficients(c: torch.Tensor, degree: int) -> torch.Tensor:
