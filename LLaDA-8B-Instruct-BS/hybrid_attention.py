@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -66,13 +67,20 @@ MAX_CHEBYSHEV_DEGREE = 1024
 MASKED_BIAS = -1e30
 """An additive float bias at or below this value masks its pair (covers ``-inf`` and ``torch.finfo(dtype).min``)."""
 
-# Scores materialised per chunk of (batch, head) pairs, and per row block handed to the torch kernel, in elements.
-# CPU: 16 MB of fp32 scores per chunk (the native kernel streams a whole chunk row by row; interleaved runs at
-# L = 1024 on a 2-core EPYC put 16 MB ahead of 8 and 4 MB), row blocks of up to 8 MB for the compiled kernel.
-# GPU: 1 GB chunks processed whole, so a forward launches a few kernels per layer. The eager torch kernel
-# materialises ~7 block-sized temporaries, so it keeps blocks at 1 MB.
-_BUDGETS = {"cpu": (1 << 22, 1 << 21), "gpu": (1 << 28, 1 << 28)}
-_EAGER_BLOCK = 1 << 18
+# Scores materialised per chunk of (batch, head) pairs, and per row block handed to the torch kernels, in elements,
+# per (device, kernel). CPU: 64 MB of fp32 scores per chunk for the native and the compiled kernel, processed whole:
+# each chunk costs a few multi-threaded regions (two matmuls, the kernel), and where the cores are shared each
+# region can wait a scheduler time slice for its threads, so fewer, larger chunks win (interleaved runs at L = 1024
+# on the 2-core EPYC with other jobs running: 1.33x SDPA with 64 MB chunks, 1.64x with 16 MB, 5.2x with 4 MB).
+# The eager torch kernel materialises ~7 block-sized temporaries: 16 MB chunks, 1 MB blocks. GPU: 1 GB chunks
+# processed whole, so a forward launches a few kernels per layer.
+_BUDGETS = {
+    ("cpu", "native"): (1 << 24, 1 << 24),
+    ("cpu", "compiled"): (1 << 24, 1 << 24),
+    ("cpu", "eager"): (1 << 22, 1 << 18),
+    ("gpu", "compiled"): (1 << 28, 1 << 28),
+    ("gpu", "eager"): (1 << 28, 1 << 28),
+}
 _ROW_SCALE_CAP = 60.0  # exp(60) * |p| * n stays finite in fp32 for any n < 1e10
 _WEIGHT_FLOOR = 1e-30  # positive floor of polynomial weights: a row whose polynomial is <= 0 everywhere stays defined
 _INTERVAL_PAD = 1e-5  # relative padding of the interval's half-width (see _interval)
@@ -168,7 +176,14 @@ def _fit_chebyshev(half: torch.Tensor, degree: int) -> torch.Tensor:
     Chebyshev nodes of [-1, 1]: with ``s = mid + half * t``, the paper's fit of ``exp(s - hi)`` on ``[lo, hi]``
     (the shape of ``exp`` on an interval depends only on its width, so ``half (...)`` alone fixes it)."""
     nodes, analysis = _chebyshev_tables(degree, half.device)
-    return torch.exp(half.double()[..., None] * (nodes - 1.0)) @ analysis
+    return _small_matmul(torch.exp(half.double()[..., None] * (nodes - 1.0)), analysis)
+
+
+def _small_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (..., n) @ b (n, k)`` for the fit's small matrices, as one elementwise product and sum. On a CPU a BLAS
+    call this small still enters a multi-threaded region, and on a machine whose other cores are busy each such
+    region can wait a whole scheduler time slice (measured: ~15 ms per call, more than the op) for its threads."""
+    return (a[..., :, None] * b).sum(-2)
 
 
 def _chebyshev_norms(degree: int, device) -> torch.Tensor:
@@ -221,7 +236,7 @@ def _fit_empirical(half: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, de
 
 def _evaluation_coefficients(c: torch.Tensor, degree: int) -> torch.Tensor:
     """The coefficients the weight kernels evaluate: monomial (Horner) up to ``_HORNER_MAX_DEGREE``, else ``c``."""
-    return c @ _to_monomial(degree, c.device) if degree <= _HORNER_MAX_DEGREE else c
+    return _small_matmul(c, _to_monomial(degree, c.device)) if degree <= _HORNER_MAX_DEGREE else c
 
 
 def _exp_monomial_coefficients(half: torch.Tensor, degree: int) -> torch.Tensor:
@@ -425,8 +440,9 @@ def hybrid_attention(
       synchronisation (no ``.item()``, no NumPy); polynomial coefficients are computed on the input's device.
     - autograd: gradients flow through every weight (exact and polynomial) and the values; the thresholds, the
       interval and the fit they define are treated as constants (a selection, like top-k), as in the reference.
-    - memory: fp32 scores are materialised for a chunk of (batch, head) pairs at a time (16 MB on CPU, 1 GB on
-      GPU, and at least one head: 64 MB at Lq = Lk = 4096), never as a full ``(B, H, Lq, Lk)`` tensor.
+    - memory: fp32 scores are materialised for a chunk of (batch, head) pairs at a time (64 MB on CPU, kept
+      between calls per thread; 1 GB on GPU; at least one head: 256 MB at Lq = Lk = 8192), never as a full
+      ``(B, H, Lq, Lk)`` tensor.
     - speed: the weights are computed by one of three kernels with the same definition (see ``_kernel``):
       a native C kernel on CPU (built on first use with the system C compiler in about a second and cached:
       one pass over the scores, row by row), a ``torch.compile``-d kernel (Triton on GPU by default; C++ on CPU
@@ -446,7 +462,7 @@ def hybrid_attention(
     kernel = _kernel(query.device, _compute_dtype(query), track)
     out_pairs = out.view(b * h, lq, -1)
     values_pairs = value.flatten(0, 1)
-    for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale):
+    for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale, kernel):
         lo, hi, sample, taken = _chunk_thresholds(
             scores, *plan.for_pairs(batch_ids, head_ids), exact_ratio, exact_split, fit == "empirical",
             native=kernel == "native",
@@ -512,13 +528,12 @@ def _exact_attention(query, key, value, attention_mask, scale):
     )
 
 
-def _budgets(device: torch.device, kernel: str = "compiled") -> tuple[int, int]:
+def _budgets(device: torch.device, kernel: str) -> tuple[int, int]:
     """(score elements per chunk, weight elements per row block) for this device and kernel."""
-    chunk, block = _BUDGETS["cpu" if device.type in ("cpu", "meta") else "gpu"]
-    return chunk, (min(block, _EAGER_BLOCK) if kernel == "eager" else block)
+    return _BUDGETS[("cpu" if device.type in ("cpu", "meta") else "gpu", kernel)]
 
 
-def _score_chunks(query, key, mask, scale):
+def _score_chunks(query, key, mask, scale, kernel: str = "eager"):
     """Yield fp32 scores for chunks of (batch, head) pairs, with what each chunk needs.
 
     Pairs are flattened (``pair = b * H + h``) so that a chunk may span several sequences of a batch: the work per
@@ -532,30 +547,55 @@ def _score_chunks(query, key, mask, scale):
     group = h // hkv
     compute = _compute_dtype(query)
     # one pair at least: a head's scores are needed whole to place its thresholds (64 MB at L = 4096)
-    chunk = max(1, min(b * h, _budgets(query.device)[0] // max(1, lq * lk)))
+    chunk = max(1, min(b * h, _budgets(query.device, kernel)[0] // max(1, lq * lk)))
     queries = query.flatten(0, 1)
     keys = key.flatten(0, 1)
     pair_ids = torch.arange(b * h, device=query.device)
     # one buffer for every chunk: a fresh allocation per chunk costs page faults comparable to the matmul itself
     # (only without autograd: a matmul into a preallocated `out=` cannot be differentiated)
     track = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
-    buffer = None if track else torch.empty(min(chunk, b * h), lq, lk, dtype=compute, device=query.device)
+    buffer = None if track else _workspace(min(chunk, b * h), lq, lk, compute, query.device)
     for p0 in range(0, b * h, chunk):
         pairs = slice(p0, min(b * h, p0 + chunk))
         batch_ids = torch.div(pair_ids[pairs], h, rounding_mode="floor")
         head_ids = pair_ids[pairs] - batch_ids * h
         kv_pairs = batch_ids * hkv + torch.div(head_ids, group, rounding_mode="floor")
-        q = queries[pairs].to(compute) * scale  # scaling the small operand saves a pass over the scores
+        q = queries[pairs].to(compute)
         k = (keys[pairs] if group == 1 else keys.index_select(0, kv_pairs)).to(compute)  # a view where possible
         out = {} if buffer is None else {"out": buffer[: q.shape[0]]}
+        # the scale rides on the matmul (alpha): no scaled copy of q, no pass over the scores
         if mask is None or mask.dtype == torch.bool:
-            scores = torch.bmm(q, k.transpose(1, 2), **out)
+            if buffer is None:
+                scores = torch.bmm(q * scale, k.transpose(1, 2))
+            else:  # beta = 0: the buffer's old contents are ignored, NaN included
+                scores = out["out"].baddbmm_(q, k.transpose(1, 2), beta=0.0, alpha=scale)
             if mask is not None:
                 scores = scores.masked_fill_(~_rows_for_pairs(mask, batch_ids, head_ids), -math.inf)
         else:
             chunk_bias = _rows_for_pairs(mask, batch_ids, head_ids).expand(q.shape[0], lq, lk)
-            scores = torch.baddbmm(chunk_bias, q, k.transpose(1, 2), **out)
+            scores = torch.baddbmm(chunk_bias, q, k.transpose(1, 2), alpha=scale, **out)
         yield pairs, scores, kv_pairs, batch_ids, head_ids
+
+
+_WORKSPACE = threading.local()
+_WORKSPACE_MAX = 1 << 24  # elements kept between calls, per thread (64 MB of fp32)
+
+
+def _workspace(n: int, lq: int, lk: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised ``(n, Lq, Lk)`` buffer for the scores. On a CPU it is kept between calls (per thread, up
+    to 64 MB): freshly allocated pages cost a page fault each, ~6 ms per call at L = 256 (as much as the whole
+    weight computation). Elsewhere (the CUDA caching allocator already reuses memory) and above 64 MB, a fresh
+    tensor."""
+    numel = n * lq * lk
+    if device.type != "cpu" or numel > _WORKSPACE_MAX:
+        return torch.empty(n, lq, lk, dtype=dtype, device=device)
+    cached = getattr(_WORKSPACE, "buffers", None)
+    if cached is None:
+        cached = _WORKSPACE.buffers = {}
+    buffer = cached.get(dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = cached[dtype] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(n, lq, lk)
 
 
 def _rows_for_pairs(mask: torch.Tensor, batch_ids: torch.Tensor, head_ids: torch.Tensor) -> torch.Tensor:
@@ -577,9 +617,9 @@ def _chunk_thresholds(scores, flat, take, exact_ratio, exact_split, need_sample,
     scores = scores.detach()
     hc = scores.shape[0]
     sample = taken = None
-    if exact_ratio > 0 or need_sample:
+    if need_sample or (exact_ratio > 0 and not native):  # the native selection reads the scores itself
         sample = scores.reshape(hc, -1).gather(1, flat.expand(hc, -1))
-        if take is not None and (need_sample or not native):
+        if take is not None:
             taken = take & (sample > -math.inf)  # non-rectangular masks: drop samples that landed on masked pairs
     q_lo, q_hi = (1.0 - exact_split) * exact_ratio, exact_split * exact_ratio
     if exact_ratio == 0:
@@ -587,7 +627,7 @@ def _chunk_thresholds(scores, flat, take, exact_ratio, exact_split, need_sample,
         hi = scores.amax(dim=(1, 2))
         lo = scores.masked_fill(scores == -math.inf, math.inf).amin(dim=(1, 2))
     elif native:
-        lo, hi = _native_thresholds(sample, take, q_lo, q_hi)
+        lo, hi = _native_thresholds(scores, flat, take, q_lo, q_hi)
     elif take is None:
         # no mask: all M samples count, the ranks are plain ints and quickselect is cheapest
         n = sample.shape[-1]
@@ -738,13 +778,75 @@ def _compiled_kernel():
 # Plain C (no torch headers), so the system compiler builds it in well under a second; written with GCC/Clang
 # vector types (16 floats per operation, whatever the CPU's vector width) and split over torch's number of
 # threads with pthreads. Its `exp` (Cephes' single-precision polynomial, x <= 0 only) needs no library call.
-# Measured on the 2-core EPYC: 1.9 ns per score and thread (auto-vectorised scalar C took 7-12 ns).
+# Measured on the 2-core EPYC: 1.1 ns per score and thread (auto-vectorised scalar C took 7-12 ns).
 _NATIVE_SOURCE = r"""
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- a parallel loop that never waits for a thread that has not started ----
+   Units are claimed one at a time from a shared counter by the calling thread and by up to threads - 1 detached
+   helpers. On a busy machine a helper may get a core late or never: the caller then does its share, and waits
+   only for units a helper has claimed. The shared state lives on the heap and is freed by its last user. */
+
+typedef void (*unit_fn)(const void *args, long unit);
+
+typedef struct {
+    unit_fn fn;
+    const void *args;
+    long units;
+    atomic_long next, done;
+    atomic_int users;
+} loop_t;
+
+static void run_units(loop_t *L) {
+    long u;
+    while ((u = atomic_fetch_add(&L->next, 1)) < L->units) {
+        L->fn(L->args, u);
+        atomic_fetch_add(&L->done, 1);
+    }
+}
+
+static void release(loop_t *L) {
+    if (atomic_fetch_sub(&L->users, 1) == 1) free(L);
+}
+
+static void *helper(void *arg) {
+    run_units((loop_t *)arg);
+    release((loop_t *)arg);
+    return 0;
+}
+
+static void parallel_for(unit_fn fn, const void *args, long units, int threads) {
+    loop_t *L = (loop_t *)malloc(sizeof *L);
+    if (!L) {
+        for (long u = 0; u < units; u++) fn(args, u);
+        return;
+    }
+    L->fn = fn;
+    L->args = args;
+    L->units = units;
+    atomic_init(&L->next, 0);
+    atomic_init(&L->done, 0);
+    atomic_init(&L->users, 1);
+    if (threads > units) threads = (int)units;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int i = 1; i < threads; i++) {
+        pthread_t tid;
+        atomic_fetch_add(&L->users, 1);
+        if (pthread_create(&tid, &attr, helper, L) != 0) atomic_fetch_sub(&L->users, 1);
+    }
+    pthread_attr_destroy(&attr);
+    run_units(L);
+    while (atomic_load(&L->done) < units) sched_yield(); /* units a helper claimed and is finishing */
+    release(L);
+}
 
 /* ---- weights ---- */
 
@@ -777,95 +879,92 @@ static inline vf exp_nonpositive(vf x) {
     return (vf)(~(x < -87.0f) & (vi)(p * (vf)two_n));
 }
 
+/* The weights of 16 scores x of a row with maximum m (see _block_attention). */
+static inline __attribute__((always_inline)) vf strip_weights(vf x, float m, vf al, vf be, const float *c, int g,
+                                                          int clenshaw, float scale) {
+    const vf one = splat(1.0f);
+    const vf t = x * al + be;
+    const vf tc = blend(t < -1.0f, -one, blend(t > 1.0f, one, t));
+    vf q;
+    if (!clenshaw) { /* Horner, monomial coefficients */
+        q = splat(c[g]);
+        for (int k = g - 1; k >= 0; k--) q = q * tc + c[k];
+    } else { /* Clenshaw, Chebyshev coefficients */
+        const vf t2 = tc + tc;
+        vf b1 = splat(c[g]), b2 = splat(0.0f);
+        for (int k = g - 1; k >= 1; k--) {
+            const vf b0 = t2 * b1 - b2 + c[k];
+            b2 = b1;
+            b1 = b0;
+        }
+        q = tc * b1 - b2 + c[0];
+    }
+    q = q * scale;
+    return blend(t != tc, exp_nonpositive(x - m), vmax(q, splat(1e-30f)));
+}
+
 typedef struct {
-    float *s, *row_sum;
+    float *s;
     const float *alpha, *beta, *top, *coef;
-    long row0, row1, lq, lk;
+    long lq, lk;
     int degree, clenshaw;
-} job_t;
+} weights_t;
 
-static void *weights_rows(void *arg) {
-    const job_t *J = (const job_t *)arg;
-    const long lk = J->lk;
+static void weights_row(const void *args, long row) {
+    const weights_t *J = (const weights_t *)args;
+    const long lk = J->lk, p = row / J->lq;
     const int g = J->degree;
-    for (long row = J->row0; row < J->row1; row++) {
-        const long p = row / J->lq;
-        float *s = J->s + row * lk;
-        vf vmx = splat(-INFINITY), x;
-        for (long j0 = 0; j0 < lk; j0 += LANES) {
-            const long n = lk - j0 < LANES ? lk - j0 : LANES;
-            x = splat(-INFINITY);
-            memcpy(&x, s + j0, (size_t)n * sizeof(float));
-            vmx = vmax(vmx, x);
-        }
-        float m = -INFINITY;
-        for (int i = 0; i < LANES; i++) m = vmx[i] > m ? vmx[i] : m;
-        if (m == -INFINITY) { /* a fully masked row: zero weights, output 0 */
-            memset(s, 0, (size_t)lk * sizeof *s);
-            J->row_sum[row] = 0.0f;
-            continue;
-        }
-        const float d = J->top[p] - m, scale = expf(d < 60.0f ? d : 60.0f);
-        const float *c = J->coef + p * (g + 1);
-        const vf al = splat(J->alpha[p]), be = splat(J->beta[p]), one = splat(1.0f), floor_ = splat(1e-30f);
-        vf acc = splat(0.0f);
-        for (long j0 = 0; j0 < lk; j0 += LANES) {
-            const long n = lk - j0 < LANES ? lk - j0 : LANES;
-            x = splat(-INFINITY); /* lanes past the row end: weight exp(-inf) = 0 */
-            memcpy(&x, s + j0, (size_t)n * sizeof(float));
-            const vf t = x * al + be;
-            const vf tc = blend(t < -1.0f, -one, blend(t > 1.0f, one, t));
-            vf q;
-            if (!J->clenshaw) { /* Horner, monomial coefficients */
-                q = splat(c[g]);
-                for (int k = g - 1; k >= 0; k--) q = q * tc + c[k];
-            } else { /* Clenshaw, Chebyshev coefficients */
-                const vf t2 = tc + tc;
-                vf b1 = splat(c[g]), b2 = splat(0.0f);
-                for (int k = g - 1; k >= 1; k--) {
-                    const vf b0 = t2 * b1 - b2 + c[k];
-                    b2 = b1;
-                    b1 = b0;
-                }
-                q = tc * b1 - b2 + c[0];
-            }
-            q = q * scale;
-            const vf w = blend(t != tc, exp_nonpositive(x - m), vmax(q, floor_));
-            acc += w;
-            memcpy(s + j0, &w, (size_t)n * sizeof(float));
-        }
-        float sum = 0.0f;
-        for (int i = 0; i < LANES; i++) sum += acc[i];
-        J->row_sum[row] = sum;
+    float *s = J->s + row * lk;
+    vf vmx = splat(-INFINITY);
+    for (long j0 = 0; j0 < lk; j0 += LANES) {
+        const long n = lk - j0 < LANES ? lk - j0 : LANES;
+        vf x = splat(-INFINITY);
+        memcpy(&x, s + j0, (size_t)n * sizeof(float));
+        vmx = vmax(vmx, x);
     }
-    return 0;
+    float m = -INFINITY;
+    for (int i = 0; i < LANES; i++) m = vmx[i] > m ? vmx[i] : m;
+    if (m == -INFINITY) { /* a fully masked row: zero weights, output 0 */
+        memset(s, 0, (size_t)lk * sizeof *s);
+        return;
+    }
+    const float d = J->top[p] - m, scale = expf(d < 60.0f ? d : 60.0f);
+    const float *c = J->coef + p * (g + 1);
+    const vf al = splat(J->alpha[p]), be = splat(J->beta[p]);
+    vf acc = splat(0.0f);
+    long j0 = 0;
+    for (; j0 + 2 * LANES <= lk; j0 += 2 * LANES) { /* two strips at once: their dependency chains overlap */
+        vf x0, x1;
+        memcpy(&x0, s + j0, sizeof x0);
+        memcpy(&x1, s + j0 + LANES, sizeof x1);
+        const vf w0 = strip_weights(x0, m, al, be, c, g, J->clenshaw, scale);
+        const vf w1 = strip_weights(x1, m, al, be, c, g, J->clenshaw, scale);
+        acc += w0 + w1;
+        memcpy(s + j0, &w0, sizeof w0);
+        memcpy(s + j0 + LANES, &w1, sizeof w1);
+    }
+    for (; j0 < lk; j0 += LANES) {
+        const long n = lk - j0 < LANES ? lk - j0 : LANES;
+        vf x = splat(-INFINITY); /* lanes past the row end: weight exp(-inf) = 0 */
+        memcpy(&x, s + j0, (size_t)n * sizeof(float));
+        const vf w = strip_weights(x, m, al, be, c, g, J->clenshaw, scale);
+        acc += w;
+        memcpy(s + j0, &w, (size_t)n * sizeof(float));
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < LANES; i++) sum += acc[i];
+    const float inv = 1.0f / (sum > 1.17549435e-38f ? sum : 1.17549435e-38f);
+    for (long j = 0; j < lk; j++) s[j] *= inv; /* normalised rows: the product with V is the output */
 }
 
-/* s (pairs, lq, lk) contiguous scores (-inf = masked) -> weights in place; row_sum (pairs * lq). */
+/* s (pairs, lq, lk) contiguous scores (-inf = masked) -> normalised weights, in place. */
 void hybrid_weights_f32(float *s, long pairs, long lq, long lk, const float *alpha, const float *beta,
-                        const float *top, const float *coef, int degree, int clenshaw, float *row_sum,
-                        int threads) {
-    const long rows = pairs * lq;
-    if (threads > 64) threads = 64;
-    if (threads > rows) threads = (int)rows;
-    if (threads < 1) threads = 1;
-    pthread_t tid[64];
-    job_t jobs[64];
-    int started[64];
-    for (int i = 0; i < threads; i++) {
-        job_t job = {s, row_sum, alpha, beta, top, coef, rows * i / threads, rows * (i + 1) / threads, lq, lk,
-                     degree, clenshaw};
-        jobs[i] = job;
-    }
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&tid[i], 0, weights_rows, &jobs[i]) == 0;
-    weights_rows(&jobs[0]);
-    for (int i = 1; i < threads; i++) {
-        if (started[i]) pthread_join(tid[i], 0);
-        else weights_rows(&jobs[i]);
-    }
+                        const float *top, const float *coef, int degree, int clenshaw, int threads) {
+    const weights_t job = {s, alpha, beta, top, coef, lq, lk, degree, clenshaw};
+    parallel_for(weights_row, &job, pairs * lq, threads);
 }
 
-/* ---- thresholds: order statistics of each row's sample ---- */
+/* ---- thresholds: order statistics of each head's sample ---- */
 
 static inline uint32_t order_key(float f) { /* unsigned integers ordered as the floats are */
     uint32_t u;
@@ -873,13 +972,13 @@ static inline uint32_t order_key(float f) { /* unsigned integers ordered as the 
     return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
 }
 
-/* Rearrange v[0..n) so that v[k] holds the value a sort would put there (quickselect with median-of-three
-   pivots; past 2 log2(n) + 2 rounds it sorts what is left, so the worst case stays O(n log n)). */
 static int compare_floats(const void *a, const void *b) {
     const float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
 }
 
+/* Rearrange v[0..n) so that v[k] holds the value a sort would put there (quickselect with median-of-three
+   pivots; past 2 log2(n) + 2 rounds it sorts what is left, so the worst case stays O(n log n)). */
 static void select_kth(float *v, long n, long k) {
     long lo = 0, hi = n - 1;
     int budget = 2;
@@ -910,70 +1009,59 @@ static void select_kth(float *v, long n, long k) {
 #define BINS 2048 /* histogram of the keys' top 11 bits: the rank's bin, then a select among its values only */
 
 typedef struct {
-    const float *x;
+    const float *scores;
+    const int64_t *flat;
     const uint8_t *take;
-    long row0, row1, m, take_stride;
+    long grid, m, flat_stride, take_stride;
     double q_lo, q_hi;
     float *lo, *hi;
-} select_job_t;
+} thresholds_t;
 
-static void *select_rows(void *arg) {
-    const select_job_t *J = (const select_job_t *)arg;
+static void thresholds_row(const void *args, long r) {
+    const thresholds_t *J = (const thresholds_t *)args;
+    const float *x = J->scores + r * J->grid;
+    const int64_t *pos = J->flat + r * J->flat_stride;
+    const uint8_t *t = J->take ? J->take + r * J->take_stride : 0;
     float *vals = (float *)malloc((size_t)J->m * 2 * sizeof(float)), *cand = vals + J->m;
-    uint32_t *hist = (uint32_t *)malloc(BINS * sizeof(uint32_t));
-    for (long r = J->row0; r < J->row1; r++) {
-        const float *x = J->x + r * J->m;
-        const uint8_t *t = J->take ? J->take + r * J->take_stride : 0;
-        memset(hist, 0, BINS * sizeof(uint32_t));
-        long n = 0;
-        for (long i = 0; i < J->m; i++)
-            if ((!t || t[i]) && x[i] > -INFINITY) {
-                vals[n++] = x[i];
-                hist[order_key(x[i]) >> 21]++;
-            }
-        if (n == 0) {
-            J->lo[r] = J->hi[r] = INFINITY;
-            continue;
-        }
-        long rank[2] = {(long)floor((double)n * J->q_lo), n - 1 - (long)floor((double)n * J->q_hi)};
-        float *out[2] = {J->lo + r, J->hi + r};
-        for (int e = 0; e < 2; e++) {
-            long k = rank[e] < 0 ? 0 : (rank[e] > n - 1 ? n - 1 : rank[e]), below = 0;
-            uint32_t bin = 0;
-            while (below + hist[bin] <= k) below += hist[bin++];
-            long c = 0;
-            for (long i = 0; i < n; i++)
-                if ((order_key(vals[i]) >> 21) == bin) cand[c++] = vals[i];
-            select_kth(cand, c, k - below);
-            *out[e] = cand[k - below];
+    uint32_t hist[BINS];
+    memset(hist, 0, sizeof hist);
+    long n = 0;
+    for (long i = 0; i < J->m; i++) {
+        const float v = x[pos[i]];
+        if ((!t || t[i]) && v > -INFINITY) {
+            vals[n++] = v;
+            hist[order_key(v) >> 21]++;
         }
     }
-    free(hist);
+    if (n == 0) {
+        J->lo[r] = J->hi[r] = INFINITY;
+        free(vals);
+        return;
+    }
+    const long rank[2] = {(long)floor((double)n * J->q_lo), n - 1 - (long)floor((double)n * J->q_hi)};
+    float *out[2] = {J->lo + r, J->hi + r};
+    for (int e = 0; e < 2; e++) {
+        const long k = rank[e] < 0 ? 0 : (rank[e] > n - 1 ? n - 1 : rank[e]);
+        long below = 0, c = 0;
+        uint32_t bin = 0;
+        while (below + hist[bin] <= k) below += hist[bin++];
+        for (long i = 0; i < n; i++)
+            if ((order_key(vals[i]) >> 21) == bin) cand[c++] = vals[i];
+        select_kth(cand, c, k - below);
+        *out[e] = cand[k - below];
+    }
     free(vals);
-    return 0;
 }
 
-/* Per row of x (rows, m): among the entries > -inf whose take byte is set (all if take is NULL; take rows are
-   take_stride apart, 0 = one row for all), n of them, the (floor(n q_lo) + 1)-th smallest into lo and the
-   (floor(n q_hi) + 1)-th largest into hi; +inf where n == 0. */
-void hybrid_thresholds_f32(const float *x, const uint8_t *take, long take_stride, long rows, long m, double q_lo,
-                           double q_hi, float *lo, float *hi, int threads) {
-    if (threads > 64) threads = 64;
-    if (threads > rows) threads = (int)rows;
-    if (threads < 1) threads = 1;
-    pthread_t tid[64];
-    select_job_t jobs[64];
-    int started[64];
-    for (int i = 0; i < threads; i++) {
-        select_job_t job = {x, take, rows * i / threads, rows * (i + 1) / threads, m, take_stride, q_lo, q_hi, lo, hi};
-        jobs[i] = job;
-    }
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&tid[i], 0, select_rows, &jobs[i]) == 0;
-    select_rows(&jobs[0]);
-    for (int i = 1; i < threads; i++) {
-        if (started[i]) pthread_join(tid[i], 0);
-        else select_rows(&jobs[i]);
-    }
+/* For each of `rows` heads: its scores start at scores + r * grid; its m sampled positions are flat + r * flat_stride
+   (flat_stride 0: the same positions for every head), its take bytes take + r * take_stride (take NULL: all count).
+   Among the sampled scores > -inf that count, n of them: the (floor(n q_lo) + 1)-th smallest into lo[r] and the
+   (floor(n q_hi) + 1)-th largest into hi[r]; +inf where n == 0. */
+void hybrid_thresholds_f32(const float *scores, long grid, const int64_t *flat, long flat_stride,
+                           const uint8_t *take, long take_stride, long rows, long m, double q_lo, double q_hi,
+                           float *lo, float *hi, int threads) {
+    const thresholds_t job = {scores, flat, take, grid, m, flat_stride, take_stride, q_lo, q_hi, lo, hi};
+    parallel_for(thresholds_row, &job, rows, threads);
 }
 """
 _NATIVE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
@@ -1016,10 +1104,11 @@ def _load_native():
             os.replace(built, directory / name)  # atomic: processes building at once never see half a file
     lib = ctypes.CDLL(str(directory / name))
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    lib.hybrid_weights_f32.argtypes = [ptr, long_, long_, long_, ptr, ptr, ptr, ptr, int_, int_, ptr, int_]
+    lib.hybrid_weights_f32.argtypes = [ptr, long_, long_, long_, ptr, ptr, ptr, ptr, int_, int_, int_]
     lib.hybrid_weights_f32.restype = None
     double = ctypes.c_double
-    lib.hybrid_thresholds_f32.argtypes = [ptr, ptr, long_, long_, long_, double, double, ptr, ptr, int_]
+    lib.hybrid_thresholds_f32.argtypes = [ptr, long_, ptr, long_, ptr, long_, long_, long_, double, double, ptr, ptr,
+                                          int_]
     lib.hybrid_thresholds_f32.restype = None
     return lib
 
@@ -1054,40 +1143,45 @@ def _cpu_signature() -> str:
 
 def _native_attention(scores, values, alpha, beta, top, coef, degree: int, out: torch.Tensor) -> None:
     """``_block_attention`` for a whole chunk with the native kernel: ``scores (hc, Lq, Lk)`` contiguous fp32
-    (overwritten with the weights), ``values (hc, Lk, Dv)`` fp32; writes the output into ``out (hc, Lq, Dv)``."""
+    (overwritten with the normalised weights), ``values (hc, Lk, Dv)`` fp32; writes the output into
+    ``out (hc, Lq, Dv)``."""
     hc, lq, lk = scores.shape
     assert scores.is_contiguous() and scores.dtype == torch.float32
     params = [x.reshape(hc, -1).to(torch.float32).contiguous() for x in (alpha, beta, top, coef)]
-    row_sums = torch.empty(hc, lq, 1, dtype=torch.float32)
-    threads = torch.get_num_threads() if scores.numel() >= _NATIVE_MIN_PARALLEL else 1
     _NATIVE["lib"].hybrid_weights_f32(
-        scores.data_ptr(), hc, lq, lk, *(p.data_ptr() for p in params), degree,
-        int(degree > _HORNER_MAX_DEGREE), row_sums.data_ptr(), threads,
+        scores.data_ptr(), hc, lq, lk, *(p.data_ptr() for p in params), degree, int(degree > _HORNER_MAX_DEGREE),
+        _native_threads(scores.numel()),
     )
-    row_sums.clamp_min_(torch.finfo(torch.float32).tiny)
     if out.dtype == torch.float32 and out.is_contiguous():
-        torch.bmm(scores, values, out=out).div_(row_sums)
+        torch.bmm(scores, values, out=out)
     else:
-        out.copy_(torch.bmm(scores, values).div_(row_sums))
+        out.copy_(torch.bmm(scores, values))
 
 
-def _native_thresholds(sample: torch.Tensor, take: torch.Tensor | None, q_lo: float, q_hi: float):
-    """``_chunk_thresholds``' order statistics with the native kernel: per row of ``sample (P, M)`` fp32, among the
-    entries ``> -inf`` that ``take`` (``(P, M)``, ``(1, M)`` or None) keeps, ``n`` of them, the
-    ``(floor(n q_lo) + 1)``-th smallest and ``(floor(n q_hi) + 1)``-th largest (+inf where ``n == 0``). A histogram
-    of the top bits finds each rank's bin, then a select runs on that bin's values only: ~7x less CPU than two
-    ``kthvalue`` calls."""
-    rows, m = sample.shape
-    sample = sample.contiguous()
+def _native_thresholds(scores: torch.Tensor, flat: torch.Tensor, take, q_lo: float, q_hi: float):
+    """``_chunk_thresholds``' order statistics with the native kernel, reading the sample straight from
+    ``scores (hc, Lq, Lk)`` contiguous fp32 at the positions ``flat`` (``(hc, M)`` or ``(1, M)``): among the sampled
+    scores ``> -inf`` that ``take`` (same shapes, or None) keeps, ``n`` per head, the ``(floor(n q_lo) + 1)``-th
+    smallest and ``(floor(n q_hi) + 1)``-th largest (+inf where ``n == 0``). A histogram of the top bits finds each
+    rank's bin, then a select runs on that bin's values only: ~7x less CPU than two ``kthvalue`` calls."""
+    hc = scores.shape[0]
+    assert scores.is_contiguous() and scores.dtype == torch.float32
+    flat = flat.reshape(-1, flat.shape[-1]).contiguous()
+    m = flat.shape[1]
     if take is not None:
-        take = take.reshape(-1, m).contiguous()  # one row for every head, or one per head
-    lo, hi = torch.empty(rows, dtype=torch.float32), torch.empty(rows, dtype=torch.float32)
-    threads = min(torch.get_num_threads(), rows) if sample.numel() >= _NATIVE_MIN_PARALLEL else 1
+        take = take.reshape(-1, m).contiguous()
+    lo, hi = torch.empty(hc, dtype=torch.float32), torch.empty(hc, dtype=torch.float32)
     _NATIVE["lib"].hybrid_thresholds_f32(
-        sample.data_ptr(), None if take is None else take.data_ptr(), 0 if take is None or take.shape[0] == 1 else m,
-        rows, m, q_lo, q_hi, lo.data_ptr(), hi.data_ptr(), threads,
+        scores.data_ptr(), scores[0].numel(), flat.data_ptr(), m if flat.shape[0] > 1 else 0,
+        None if take is None else take.data_ptr(), 0 if take is None or take.shape[0] == 1 else m, hc, m, q_lo, q_hi,
+        lo.data_ptr(), hi.data_ptr(), _native_threads(hc * m),
     )
     return lo, hi
+
+
+def _native_threads(work: int) -> int:
+    """torch's thread count, or 1 where the work is too small to share."""
+    return torch.get_num_threads() if work >= _NATIVE_MIN_PARALLEL else 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -370,7 +370,12 @@ def test_native_thresholds_are_the_order_statistics(rng):
             x[:, ::3] = -math.inf
         take = None if trial % 2 else torch.rand(4 if trial % 4 else 1, m, generator=rng) > 0.4
         q_lo, q_hi = [(0.1, 0.1), (0.0, 0.2), (0.25, 0.0), (0.03, 0.37)][trial % 4]
-        lo, hi = ha._native_thresholds(x, take, q_lo, q_hi)
+        # the sample: positions into each head's (Lq=3, Lk=m) scores, shared or per head, with repeats
+        scores = torch.randn(4, 3, m, generator=rng)
+        flat = torch.randint(0, 3 * m, (4 if trial % 3 else 1, m), generator=rng)
+        scores.view(4, -1).scatter_(1, flat.expand(4, -1), x)  # so that the sampled values are x
+        x = scores.view(4, -1).gather(1, flat.expand(4, -1))  # (repeated positions keep the last write)
+        lo, hi = ha._native_thresholds(scores, flat, take, q_lo, q_hi)
         for r in range(4):
             keep = x[r] > -math.inf
             if take is not None:
@@ -490,7 +495,9 @@ def test_autograd_matches_the_reference(rng, mask_kind):
 
 @pytest.mark.parametrize("setting", ["0", None])
 def test_memory_is_bounded_by_chunks_not_by_the_score_matrix(setting):
-    """Peak extra memory (fresh process) stays far below one (B, H, L, L) fp32 score tensor (512 MB here)."""
+    """Peak extra memory (fresh process) stays far below one (B, H, L, L) fp32 score tensor (512 MB here): eager
+    torch works in 16 MB chunks of scores, the native kernel in 64 MB ones (kept for the next call), next to the
+    32 MB output."""
     code = r"""
 import resource, torch, hybrid_attention as ha
 def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -508,7 +515,7 @@ print(peak() - base)
         env["HYBRID_ATTENTION_COMPILE"] = setting
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert float(res.stdout.strip()) < 128  # MB; the full score tensor would be 512 MB
+    assert float(res.stdout.strip()) < (128 if setting == "0" else 192)  # MB; the full score tensor: 512 MB
 
 
 def test_compiled_kernel_matches_eager_and_fuses_the_weights(tmp_path):
