@@ -152,6 +152,16 @@ def attention_error_rows(model, ids, start, end, ratio=0.2, degree=6):
     return rows
 
 
+
+def error_table(model, ids, start, block_length, label):
+    """``attention_error_rows`` for the block at ``start``, printed as a table; returns the rows."""
+    rows = attention_error_rows(model, ids, start, start + block_length)
+    print(f"## hybrid 0.2/6 attention error vs exact, block rows [{start}, {start + block_length}) of "
+          f"{ids.shape[1]} ({label})")
+    print_table(rows, [("layer", "layer", "d"), ("no_cache", "no cache", ".2e"), ("cache", "cache", ".2e")])
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all", choices=["all", "speed", "accuracy", "errors"])
@@ -209,11 +219,7 @@ def main(argv=None):
             ids = _mid_state(prompt, model.config, a.gen_length, a.block_length, g)
             start = a.prompt_length + 3 * a.block_length if a.gen_length >= 4 * a.block_length else a.prompt_length
             with torch.no_grad():
-                rows = attention_error_rows(model, ids, start, start + a.block_length)
-            print(f"## hybrid 0.2/6 attention error vs exact, block rows [{start}, {start + a.block_length}) of "
-                  f"{ids.shape[1]} (random mid-size model)")
-            print_table(rows, [("layer", "layer", "d"), ("no_cache", "no cache", ".2e"), ("cache", "cache", ".2e")])
-            out["attention_error_mid"] = rows
+                out["attention_error_mid"] = error_table(model, ids, start, a.block_length, "random mid-size model")
         del model
 
     if a.part in ("all", "accuracy", "errors"):
@@ -270,16 +276,14 @@ def _trained_parts(a, model_dir, device):
             ids = torch.tensor(tokenize_prompts(tokenizer, [item.prompt], True), device=model.device)
             p = ids.shape[1]
             model.config.hybrid_exact_ratio = 1.0
-            states = []
+            # the sequence when `done` blocks are revealed (one token per step) and the next is still masked
+            done = max(0, min(3, a.gen_length // a.block_length - 1))
+            states = [torch.cat([ids, ids.new_full((1, a.gen_length), model.config.mask_token_id)], 1)]
             generate(model, ids, steps=a.gen_length, gen_length=a.gen_length, block_length=a.block_length,
-                     callback=lambda step, x: states.append(x.clone()) if step == 3 * a.block_length else None)
-            ids = states[0] if states else ids
-            start = p + min(3 * a.block_length, a.gen_length - a.block_length)
-            rows = attention_error_rows(model, ids, start, start + a.block_length)
-            print(f"## hybrid 0.2/6 attention error vs exact, block rows [{start}, {start + a.block_length}) of "
-                  f"{ids.shape[1]} (trained tiny model, a held-out item after 3 blocks)")
-            print_table(rows, [("layer", "layer", "d"), ("no_cache", "no cache", ".2e"), ("cache", "cache", ".2e")])
-            out["attention_error_trained"] = rows
+                     callback=lambda step, x: states.append(x.clone()) if step == done * a.block_length else None)
+            out["attention_error_trained"] = error_table(model, states[-1], p + done * a.block_length,
+                                                         a.block_length,
+                                                         f"trained tiny model, a held-out item after {done} blocks")
     return out
 
 
