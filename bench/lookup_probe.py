@@ -143,7 +143,7 @@ def train(name: str, task: str, a, config) -> list[dict]:
             module.train()
             scored = held_y >= 0
             listed = float(in_list.gather(1, guess)[scored].float().mean()) if task == "recall" else None
-            curve.append({"model": name, "task": task, "step": step, "train_loss": round(float(loss), 4),
+            curve.append({"model": name, "task": task, "step": step, "train_loss": round(float(loss.detach()), 4),
                           "accuracy": round(float((guess == held_y)[scored].float().mean()), 4),
                           "in_list": None if listed is None else round(listed, 4),
                           "seconds": round(time.perf_counter() - t0, 1)})

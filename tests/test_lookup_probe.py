@@ -56,7 +56,7 @@ def test_copy2_batch_targets_are_two_to_the_left(probe):
 
 
 def test_the_tiny_llada_shape_learns_a_positional_head(probe):
-    """500 steps (about 30 s): copy-two-to-the-left goes from chance (1/2358) to > 90 % held-out (it is learned
+    """500 steps (about 45 s): copy-two-to-the-left goes from chance (1/2358) to > 90 % held-out (it is learned
     near step 400 on this seed). A broken RoPE or attention gradient would leave it at chance."""
     from transformers import AutoConfig
 
