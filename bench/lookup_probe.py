@@ -37,6 +37,7 @@ from support_basis.errors import ArgumentParser  # one-line errors, exit 2
 TASKS = ("copy2", "recall")
 MODELS = ("llada", "stock")
 N_KEYS, N_VALUES = 26, 90
+COPY_IDS = (100, 16)  # copy2 draws token ids from [100, vocab - 16)
 
 
 def parse_args(argv=None):
@@ -72,15 +73,16 @@ def parse_args(argv=None):
     return a
 
 
-def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, generator):
-    """``(inputs, targets)``, both ``(size, L)`` long; targets are -100 where there is no loss."""
+def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, generator, device="cpu"):
+    """``(inputs, targets)``, both ``(size, L)`` long on ``device`` (drawn on the CPU ``generator``); targets are
+    -100 where there is no loss."""
     import torch
 
     if task == "copy2":
-        x = torch.randint(100, vocab - 16, (size, 24), generator=generator)
+        x = torch.randint(COPY_IDS[0], vocab - COPY_IDS[1], (size, 24), generator=generator)
         target = torch.full_like(x, -100)
         target[:, 2:] = x[:, :-2]
-        return x, target
+        return x.to(device), target.to(device)
     keys = torch.argsort(torch.rand(size, N_KEYS, generator=generator), dim=1)[:, :pairs] + 100
     values = torch.randint(0, N_VALUES, (size, pairs), generator=generator) + 200
     order = torch.argsort(torch.rand(size, pairs, generator=generator), dim=1)
@@ -89,7 +91,7 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
     x = torch.cat([context, asked], 1)
     answer = torch.zeros_like(x, dtype=torch.bool)
     answer[:, 2 * pairs + 1 :: 2] = True
-    return x.masked_fill(answer, mask_id), torch.where(answer, x, -100)
+    return x.masked_fill(answer, mask_id).to(device), torch.where(answer, x, -100).to(device)
 
 
 def build(name: str, config):
@@ -119,9 +121,8 @@ def train(name: str, task: str, a, config) -> list[dict]:
     module.to(a.device)
     opt = torch.optim.AdamW(module.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     data = torch.Generator().manual_seed(a.seed + 1)
-    held_x, held_y = (t.to(a.device) for t in make_batch(task, 512, a.pairs, config.vocab_size,
-                                                           config.mask_token_id,
-                                                           torch.Generator().manual_seed(10_000 + a.seed)))
+    held_x, held_y = make_batch(task, 512, a.pairs, config.vocab_size, config.mask_token_id,
+                                torch.Generator().manual_seed(10_000 + a.seed), a.device)
     in_list = torch.zeros(512, config.vocab_size, dtype=torch.bool, device=a.device)
     in_list.scatter_(1, torch.where(held_y >= 0, held_y, 0), True)  # recall: each sequence's list values
     in_list[:, 0] = False  # (id 0 stood in for the unscored positions)
@@ -129,8 +130,7 @@ def train(name: str, task: str, a, config) -> list[dict]:
     for step in range(1, a.steps + 1):
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, step / 100)
-        x, y = (t.to(a.device) for t in make_batch(task, a.batch_size, a.pairs, config.vocab_size,
-                                                   config.mask_token_id, data))
+        x, y = make_batch(task, a.batch_size, a.pairs, config.vocab_size, config.mask_token_id, data, a.device)
         loss = F.cross_entropy(forward(x).flatten(0, 1), y.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
@@ -171,7 +171,7 @@ def main(argv=None) -> int | None:
     for task in a.tasks:
         for name in a.models:
             rows += train(name, task, a, config)
-    chance = {"copy2": 1 / (config.vocab_size - 116), "recall": 1 / a.pairs}
+    chance = {"copy2": 1 / (config.vocab_size - sum(COPY_IDS)), "recall": 1 / a.pairs}
     print(f"\nfresh models of shape d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads; "
           f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}); {machine()}")
     print_table(rows,
