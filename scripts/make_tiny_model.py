@@ -113,6 +113,7 @@ def make_tiny_model(
     dtype: str = "float32",
     tokenizer_corpus: str = "builtin",
     rope_theta: float = 500000.0,
+    weight_tying: bool = False,
 ) -> Path:
     """Write the directory and return its path. Deterministic for a given seed."""
     import torch
@@ -140,6 +141,7 @@ def make_tiny_model(
         embedding_size=len(tokenizer),
         max_sequence_length=max_sequence_length,
         rope_theta=rope_theta,
+        weight_tying=weight_tying,
         mask_token_id=ids["<|mdm_mask|>"],
         eos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -212,6 +214,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rope-theta", type=float, default=500000.0,
                    help="RoPE base (LLaDA-8B: 500000; 10000 gives a 32-dim head more usable short-range frequencies)")
+    p.add_argument("--weight-tying", action="store_true",
+                   help="output layer = input embedding (LLaDA-8B: untied; tied, a tiny model copies a token from "
+                   "its prompt to its answer without learning one output row per token)")
     p.add_argument("--tokenizer-corpus", default="builtin", choices=["builtin", "synthetic"],
                    help="what the BPE merges are learned from: a built-in paragraph, or the synthetic tasks' prompts")
     a = p.parse_args(argv)
@@ -234,6 +239,7 @@ def main(argv=None):
             dtype=a.dtype,
             tokenizer_corpus=a.tokenizer_corpus,
             rope_theta=a.rope_theta,
+            weight_tying=a.weight_tying,
         )
     except ValueError as err:  # the config's checks (head counts, hybrid knobs): nothing was written
         raise UserError(str(err)) from None

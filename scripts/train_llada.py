@@ -3,8 +3,10 @@
 
     # the shipped tiny model (checkpoints/llada-tiny), from scratch on the synthetic tasks, on a CPU:
     python scripts/make_tiny_model.py /tmp/llada-tiny-init --tokenizer-corpus synthetic --vocab-size 2560 \\
-        --d-model 256 --n-layers 4 --n-heads 8 --mlp-hidden-size 512 --max-sequence-length 512
-    python scripts/train_llada.py --model /tmp/llada-tiny-init --out checkpoints/llada-tiny --link-code
+        --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden-size 512 --max-sequence-length 512 --rope-theta 10000 \\
+        --weight-tying
+    python scripts/train_llada.py --model /tmp/llada-tiny-init --out checkpoints/llada-tiny --link-code \\
+        --steps 12000 --batch-size 32 --lr 1e-3 --eval-every 1000 --eval-n 16 --save-every 500 --threads 2
 
     # SFT of LLaDA-8B-Instruct-BS on a GPU, from a JSONL file of {"prompt", "response"} or {"messages"} rows:
     python scripts/train_llada.py --model models/LLaDA-8B-Instruct-BS --data sft.jsonl --out runs/sft \\

@@ -59,6 +59,24 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
 
 
+@pytest.fixture(scope="module")
+def bench_import():
+    """``bench_import("lookup_probe")`` imports ``bench/lookup_probe.py``; bench/_common defaults
+    HYBRID_ATTENTION_COMPILE for the benchmarks, so this process's setting is put back afterwards."""
+    import importlib
+
+    saved = os.environ.get("HYBRID_ATTENTION_COMPILE")
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+        if saved is None:
+            os.environ.pop("HYBRID_ATTENTION_COMPILE", None)
+        else:
+            os.environ["HYBRID_ATTENTION_COMPILE"] = saved
+
+
 @pytest.fixture
 def rng() -> torch.Generator:
     """A fresh, seeded generator per test (fresh random inputs, reproducible failures)."""

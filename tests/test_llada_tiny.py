@@ -56,16 +56,16 @@ def _mc(model, tokenizer, kind, n=48):
 
 def test_it_answers_above_chance_and_hybrid_agrees(shipped):
     """Fixed held-out multiple choice through the runners' ARC prompt and reader parser. The shipped model is
-    weak (README: it did not reach the issue's targets in the CPU budget) but well above chance (12/48) where it
-    learned: 20/48 on "smallest" and 23/48 on "sub" measured; and hybrid 0.2/6 gives the same answers."""
+    short of the issue's targets (README) but well above chance (12/48) where it learned: 28/48 on "largest" and
+    40/48 on "sub" measured; and hybrid 0.2/6 gives the same answers."""
     model, tokenizer = shipped
     results = {}
     for ratio in (1.0, 0.2):
         model.config.hybrid_exact_ratio = ratio
-        results[ratio] = {kind: _mc(model, tokenizer, kind) for kind in ("smallest", "sub")}
+        results[ratio] = {kind: _mc(model, tokenizer, kind) for kind in ("largest", "sub")}
     exact = results[1.0]
-    assert sum(p == g for p, g in zip(*exact["smallest"])) >= 17, exact["smallest"]
-    assert sum(p == g for p, g in zip(*exact["sub"])) >= 19, exact["sub"]
+    assert sum(p == g for p, g in zip(*exact["largest"])) >= 23, exact["largest"]
+    assert sum(p == g for p, g in zip(*exact["sub"])) >= 34, exact["sub"]
     same = sum(a == b for k in exact for a, b in zip(exact[k][0], results[0.2][k][0]))
     assert same >= 0.9 * 96, same
     model.config.hybrid_exact_ratio = 0.2

@@ -6,8 +6,6 @@ tests keep its data honest and guard the property it relies on (attention trains
 
 from __future__ import annotations
 
-import importlib
-import os
 import random
 import subprocess
 import sys
@@ -21,18 +19,8 @@ TINY = REPO / "checkpoints" / "llada-tiny"
 
 
 @pytest.fixture(scope="module")
-def probe():
-    # bench/_common defaults HYBRID_ATTENTION_COMPILE for the benchmarks; keep this process's setting as it was
-    saved = os.environ.get("HYBRID_ATTENTION_COMPILE")
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        yield importlib.import_module("lookup_probe")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        if saved is None:
-            os.environ.pop("HYBRID_ATTENTION_COMPILE", None)
-        else:
-            os.environ["HYBRID_ATTENTION_COMPILE"] = saved
+def probe(bench_import):
+    return bench_import("lookup_probe")
 
 
 @pytest.mark.parametrize("pairs", [2, 5, 8])

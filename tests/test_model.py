@@ -265,3 +265,19 @@ def test_forward_and_backward_with_autograd_on(tiny_model_dir, rng):
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["model.transformer.blocks.0.q_proj.weight"].abs().sum() > 0
+
+
+def test_tied_embeddings_are_one_matrix_through_save_and_load(tmp_path):
+    """``--weight-tying`` (the shipped tiny model's setting): no separate output layer is saved, and after loading
+    the logits are the final hidden states against the input embedding (under either transformers)."""
+    from make_tiny_model import make_tiny_model
+    from safetensors.torch import load_file
+
+    out = make_tiny_model(tmp_path / "tied", weight_tying=True, seed=7)
+    assert json.loads((out / "config.json").read_text())["weight_tying"] is True
+    assert "model.transformer.ff_out.weight" not in load_file(str(out / "model.safetensors"))
+    model = AutoModel.from_pretrained(out, trust_remote_code=True, dtype=torch.float64).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(7))
+    res = model(ids, output_hidden_states=True)
+    want = res.hidden_states[-1] @ model.model.transformer.wte.weight.T
+    assert torch.allclose(res.logits, want, rtol=1e-10, atol=1e-12)

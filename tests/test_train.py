@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -126,3 +127,23 @@ def test_bad_model_dir_and_bad_data(tmp_path, tiny_model_dir, capsys):
     with pytest.raises(SystemExit) as e:
         train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
     assert e.value.code == 2 and f"{data}, line 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["recall", "largest", "smallest"])
+def test_an_answer_shown_in_the_prompt_is_its_tokens_there(kind):
+    """A byte-level BPE gives " 742" and "742" different ids: the answer must be the prompt's own token(s), so a
+    model can copy it (the shipped tokenizer makes each number one token)."""
+    from transformers import AutoTokenizer
+
+    from conftest import REPO
+
+    tok = AutoTokenizer.from_pretrained(REPO / "checkpoints" / "llada-tiny")
+    src = SyntheticSource(Encoder(tok), seed=random.randrange(2**31), kinds=(kind,))
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    for step in range(6):  # free-form and several benchmark wrappers
+        ids, response = src.batch(step, 4, 0.9)
+        for row, resp in zip(ids.tolist(), response.tolist()):
+            prompt = row[: resp.index(True)]
+            answer = row[resp.index(True) : row.index(eot, resp.index(True))]
+            assert answer and any(prompt[i : i + len(answer)] == answer for i in range(len(prompt))), \
+                (tok.decode(prompt[-40:]), tok.convert_ids_to_tokens(answer))
