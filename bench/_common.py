@@ -148,3 +148,16 @@ def random_llada(size: str = "mid", device="cpu", dtype=torch.float32, **overrid
     torch.manual_seed(0)
     with torch.device(device):
         return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()
+
+
+def stock_encoder(vocab: int, d_model: int, heads: int, mlp: int, layers: int, dropout: float, length: int = 64):
+    """PyTorch's own pre-norm ``nn.TransformerEncoder`` with token embeddings, learned absolute positions and an
+    output layer: ``model["out"](model["enc"](model["emb"](x) + model.pos[:L]))`` gives ``(B, L, vocab)`` logits for
+    ``(B, L)`` ids, L <= ``length``. The lookup benches' control, free of this project's model code."""
+    from torch import nn
+
+    layer = nn.TransformerEncoderLayer(d_model, heads, mlp, dropout=dropout, batch_first=True, norm_first=True)
+    model = nn.ModuleDict({"emb": nn.Embedding(vocab, d_model), "enc": nn.TransformerEncoder(
+        layer, layers, enable_nested_tensor=False), "out": nn.Linear(d_model, vocab)})
+    model.pos = nn.Parameter(torch.randn(length, d_model) * 0.02)  # (a ModuleDict attribute: .to() moves it too)
+    return model

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, emit_json, machine, print_table
+from _common import REPO, emit_json, machine, print_table, stock_encoder
 
 from support_basis.errors import ArgumentParser  # one-line errors, exit 2
 
@@ -95,20 +95,14 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
 
 
 def build(name: str, config):
-    import torch
-    from torch import nn
     from transformers import AutoModel
 
     if name == "llada":
         model = AutoModel.from_config(config, trust_remote_code=True)
         model.config.hybrid_exact_ratio = 1.0  # exact attention: this probes learning, not the approximation
         return lambda x: model(x).logits, model
-    d, vocab = config.d_model, config.vocab_size
-    layer = nn.TransformerEncoderLayer(d, config.n_heads, config.effective_mlp_hidden_size, dropout=0.0,
-                                       batch_first=True, norm_first=True)
-    encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
-    stock = nn.ModuleDict({"emb": nn.Embedding(vocab, d), "enc": encoder, "out": nn.Linear(d, vocab)})
-    stock.pos = nn.Parameter(torch.randn(64, d) * 0.02)  # (a ModuleDict attribute: .to() moves it too)
+    stock = stock_encoder(config.vocab_size, config.d_model, config.n_heads, config.effective_mlp_hidden_size,
+                          config.n_layers, dropout=0.0)
     return lambda x: stock["out"](stock["enc"](stock["emb"](x) + stock.pos[: x.shape[1]])), stock
 
 

@@ -31,7 +31,7 @@ import argparse
 import sys
 import time
 
-from _common import emit_json, machine, print_table
+from _common import emit_json, machine, print_table, stock_encoder
 
 from support_basis.errors import ArgumentParser  # one-line errors, exit 2
 
@@ -105,18 +105,6 @@ def make_data(n: int, pairs: int, fmt: str, objective: str, generator):
     return x, target, at_key
 
 
-def build(layers: int, heads: int):
-    import torch
-    from torch import nn
-
-    d = 128
-    layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.1, batch_first=True, norm_first=True)
-    model = nn.ModuleDict({"emb": nn.Embedding(VOCAB, d), "out": nn.Linear(d, VOCAB),
-                           "enc": nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)})
-    model.pos = nn.Parameter(torch.randn(LENGTH, d) * 0.02)
-    return model
-
-
 def run(a) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -126,7 +114,7 @@ def run(a) -> list[dict]:
     gen = torch.Generator().manual_seed(a.seed + 1)
     train = make_data(a.train_size, a.pairs, a.format, a.objective, gen)
     held = make_data(1000, a.pairs, a.format, a.objective, gen)
-    model = build(a.layers, a.heads)
+    model = stock_encoder(VOCAB, 128, a.heads, 4 * 128, a.layers, dropout=0.1, length=LENGTH)
     causal = a.objective == "next"
     mask = nn.Transformer.generate_square_subsequent_mask(LENGTH) if causal else None
 

@@ -83,7 +83,7 @@ class SyntheticSource:
     reader parser scores (a tiny model learns the value long before it can bind it to a letter). An answer that the
     prompt shows after a space (" 742" in "largest: 742, ..." and in the options) is tokenised with that space, so
     the answer token is the very token the prompt holds: copied through tied embeddings, it needs no learned
-    mapping from " 742" to "742" (the shipped model's misses on largest/smallest were near-miss numbers).
+    mapping from " 742" to "742" (the previous shipped model's misses on largest/smallest were near-miss numbers).
     Curriculum: lists of 2-4 pairs for the first 20 % of steps, then 2-6, from 40 % the evaluated 4-8; 70 % of the
     batches free-form until 40 %, then 40 %. Kinds are drawn by ``KIND_WEIGHTS``.
     """
