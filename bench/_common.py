@@ -150,14 +150,18 @@ def random_llada(size: str = "mid", device="cpu", dtype=torch.float32, **overrid
         return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()
 
 
-def stock_encoder(vocab: int, d_model: int, heads: int, mlp: int, layers: int, dropout: float, length: int = 64):
+def stock_encoder(vocab: int, d_model: int, heads: int, mlp: int, layers: int, dropout: float, length: int = 64,
+                  pos_std: float = 0.02):
     """PyTorch's own pre-norm ``nn.TransformerEncoder`` with token embeddings, learned absolute positions and an
     output layer: ``model["out"](model["enc"](model["emb"](x) + model.pos[:L]))`` gives ``(B, L, vocab)`` logits for
-    ``(B, L)`` ids, L <= ``length``. The lookup benches' control, free of this project's model code."""
+    ``(B, L)`` ids, L <= ``length``. The lookup benches' control, free of this project's model code.
+
+    ``pos_std``: the positions' initial scale (GPT-2's 0.02 by default; the token embeddings start at 1, so a
+    bidirectional model starts nearly blind to order unless this is raised)."""
     from torch import nn
 
     layer = nn.TransformerEncoderLayer(d_model, heads, mlp, dropout=dropout, batch_first=True, norm_first=True)
     model = nn.ModuleDict({"emb": nn.Embedding(vocab, d_model), "enc": nn.TransformerEncoder(
         layer, layers, enable_nested_tensor=False), "out": nn.Linear(d_model, vocab)})
-    model.pos = nn.Parameter(torch.randn(length, d_model) * 0.02)  # (a ModuleDict attribute: .to() moves it too)
+    model.pos = nn.Parameter(torch.randn(length, d_model) * pos_std)  # (a ModuleDict attribute: .to() moves it too)
     return model

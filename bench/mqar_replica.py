@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--pos-std", type=float, default=0.02,
+                   help="initial scale of the learned positions (default 0.02; the token embeddings' is 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -66,6 +68,8 @@ def parse_args(argv=None):
         p.error(f"--pairs {a.pairs}: must be in [1, {slots}] for {LENGTH}-token sequences in format {a.format}")
     if not 0 < a.lr <= 1:
         p.error(f"--lr must be in (0, 1]; got {a.lr}")
+    if not 0 <= a.pos_std <= 10:
+        p.error(f"--pos-std must be in [0, 10]; got {a.pos_std}")
     if 128 % a.heads:
         p.error(f"--heads {a.heads}: must divide d_model 128")
     return a
@@ -114,7 +118,7 @@ def run(a) -> list[dict]:
     gen = torch.Generator().manual_seed(a.seed + 1)
     train = make_data(a.train_size, a.pairs, a.format, a.objective, gen)
     held = make_data(1000, a.pairs, a.format, a.objective, gen)
-    model = stock_encoder(VOCAB, 128, a.heads, 4 * 128, a.layers, dropout=0.1, length=LENGTH)
+    model = stock_encoder(VOCAB, 128, a.heads, 4 * 128, a.layers, dropout=0.1, length=LENGTH, pos_std=a.pos_std)
     causal = a.objective == "next"
     mask = nn.Transformer.generate_square_subsequent_mask(LENGTH) if causal else None
 
@@ -155,14 +159,15 @@ def main(argv=None) -> int | None:
         torch.set_num_threads(a.threads)
     curve = run(a)
     setting = (f"objective {a.objective}, format {a.format}{', aux at key' if a.aux_at_key else ''}; {a.pairs} "
-               f"pairs (chance {1 / a.pairs:.3f}); {a.layers} layers, {a.heads} heads")
+               f"pairs (chance {1 / a.pairs:.3f}); {a.layers} layers, {a.heads} heads; positions start at std "
+               f"{a.pos_std:g}")
     print(f"\n{setting}; {machine()}")
     print_table(curve, [("epoch", "epoch", "d"), ("step", "step", "d"), ("train_loss", "train loss", ".3f"),
                         ("accuracy", "held-out acc", ".3f"), ("first_query", "first query", ".3f"),
                         ("seconds", "seconds", ".0f")])
     emit_json({"bench": "mqar_replica", "objective": a.objective, "format": a.format, "aux_at_key": a.aux_at_key,
-               "pairs": a.pairs, "layers": a.layers, "heads": a.heads, "lr": a.lr, "chance": 1 / a.pairs,
-               "final_accuracy": curve[-1]["accuracy"], "curve": curve, "machine": machine()})
+               "pairs": a.pairs, "layers": a.layers, "heads": a.heads, "lr": a.lr, "pos_std": a.pos_std,
+               "chance": 1 / a.pairs, "final_accuracy": curve[-1]["accuracy"], "curve": curve, "machine": machine()})
 
 
 if __name__ == "__main__":

@@ -54,20 +54,22 @@ def _mc(model, tokenizer, kind, n=48):
     return [parse_choice(g, 4, list(it.choices)) for g, it in zip(got, items)], [it.gold for it in items]
 
 
-def test_it_answers_above_chance_and_hybrid_agrees(shipped):
-    """Fixed held-out multiple choice through the runners' ARC prompt and reader parser. The shipped model is
-    short of the issue's targets (README) but well above chance (12/48) where it learned: 28/48 on "largest" and
-    40/48 on "sub" measured; and hybrid 0.2/6 gives the same answers."""
+def test_it_answers_the_comparisons_and_hybrid_agrees(shipped):
+    """Fixed held-out multiple choice through the runners' ARC prompt and reader parser. Measured on the shipped
+    model: 46/48 on "largest", 44/48 on "smallest" (the issue's >= 90 % targets, met on the 1000-item table too) and
+    40/48 on "sub" (chance 12/48); the bounds leave a few items of slack for another platform's float rounding.
+    Hybrid 0.2/6 gives the same answers."""
     model, tokenizer = shipped
+    kinds = {"largest": 43, "smallest": 41, "sub": 34}
     results = {}
     for ratio in (1.0, 0.2):
         model.config.hybrid_exact_ratio = ratio
-        results[ratio] = {kind: _mc(model, tokenizer, kind) for kind in ("largest", "sub")}
+        results[ratio] = {kind: _mc(model, tokenizer, kind) for kind in kinds}
     exact = results[1.0]
-    assert sum(p == g for p, g in zip(*exact["largest"])) >= 23, exact["largest"]
-    assert sum(p == g for p, g in zip(*exact["sub"])) >= 34, exact["sub"]
+    for kind, least in kinds.items():
+        assert sum(p == g for p, g in zip(*exact[kind])) >= least, (kind, exact[kind])
     same = sum(a == b for k in exact for a, b in zip(exact[k][0], results[0.2][k][0]))
-    assert same >= 0.9 * 96, same
+    assert same >= 0.9 * 48 * len(kinds), same
     model.config.hybrid_exact_ratio = 0.2
 
 

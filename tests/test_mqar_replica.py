@@ -54,6 +54,6 @@ def test_answers_are_the_asked_keys_values_at_the_documented_positions(replica, 
 def test_flags_are_checked_before_any_training():
     script = str(REPO / "bench" / "mqar_replica.py")
     for flags, name in ((["--aux-at-key"], "--aux-at-key"), (["--pairs", "40"], "--pairs"),
-                        (["--heads", "3"], "--heads")):
+                        (["--heads", "3"], "--heads"), (["--pos-std", "-1"], "--pos-std")):
         r = subprocess.run([sys.executable, script, *flags], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and name in r.stderr, (flags, r.stderr)
