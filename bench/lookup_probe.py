@@ -3,6 +3,7 @@
 
     python bench/lookup_probe.py                           # 2,000 steps per (model, task), about 7 minutes
     python bench/lookup_probe.py --steps 10000 --pairs 2 --models llada --tasks recall
+    python bench/lookup_probe.py --steps 1000 --models llada --tasks recall --prev-aux 1 --embedding-std 1
 
 The tiny LLaDA (``checkpoints/llada-tiny``) answers comparisons above chance and key-value recall at chance. This
 separates the lookup from everything else the SFT recipe involves (chat template, EOS filling, the 1/t weight,
@@ -15,6 +16,14 @@ the answer format) by training fresh models on bare token sequences, with no tok
   at its own position as LLaDA does. Answering needs a *content* lookup: bind each value to its key (a
   previous-token head), then match the asked key. Chance is 1/n; a model that has only learned "one of the
   list's values" scores exactly that, with its guesses in the list (the ``in list`` column).
+
+Two levers on the recall task (both off by default), measured together and apart:
+
+- ``--embedding-std S``: the token embeddings start as N(0, S^2) instead of the model's own init (this project's
+  LLaDA code: std 1/sqrt(d_model), 0.088 at d_model 128; PyTorch's encoder: 1);
+- ``--prev-aux W``: add W x a previous-token read-out loss (``support_basis.training.aux.PreviousTokenProbe``,
+  offset 1, from the first block's output), so the hop that the lookup needs before its match is supervised
+  directly. The ``prev`` column is that read-out's held-out accuracy.
 
 Models, both fresh random inits of the same shape (d_model, layers, heads, MLP from the checkpoint's config):
 ``llada`` is this project's model code (RoPE, RMSNorm, SwiGLU, exact attention); ``stock`` is PyTorch's own
@@ -51,6 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--prev-aux", type=float, default=0.0,
+                   help="weight of a previous-token read-out loss on the first block's output (default 0 = off)")
+    p.add_argument("--embedding-std", type=float, default=0.0,
+                   help="re-draw the token embeddings with this standard deviation (default 0 = the model's init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (the bench is fp32 throughout)")
@@ -68,6 +81,9 @@ def parse_args(argv=None):
         p.error(f"--pairs must be in [2, {N_KEYS}]; got {a.pairs}")
     if not 0 < a.lr <= 1:
         p.error(f"--lr must be in (0, 1]; got {a.lr}")
+    for name in ("prev_aux", "embedding_std"):
+        if not 0 <= getattr(a, name) <= 100:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 100] (0 = off); got {getattr(a, name)}")
     if not (Path(a.config) / "config.json").is_file():
         p.error(f"--config {a.config}: no config.json there; give a LLaDA-BS model directory")
     return a
@@ -95,25 +111,47 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
 
 
 def build(name: str, config):
+    """``(forward, module)``: ``forward(x)`` -> ``(logits (B, L, V), hidden states after the first block)``."""
     from transformers import AutoModel
 
     if name == "llada":
         model = AutoModel.from_config(config, trust_remote_code=True)
         model.config.hybrid_exact_ratio = 1.0  # exact attention: this probes learning, not the approximation
-        return lambda x: model(x).logits, model
+
+        def forward(x):
+            out = model(x, output_hidden_states=True)
+            return out.logits, out.hidden_states[1]
+
+        return forward, model
     stock = stock_encoder(config.vocab_size, config.d_model, config.n_heads, config.effective_mlp_hidden_size,
                           config.n_layers, dropout=0.0)
-    return lambda x: stock["out"](stock["enc"](stock["emb"](x) + stock.pos[: x.shape[1]])), stock
+
+    def forward(x):
+        h = first = stock["emb"](x) + stock.pos[: x.shape[1]]
+        for i, layer in enumerate(stock["enc"].layers):
+            h = layer(h)
+            first = h if i == 0 else first
+        return stock["out"](h), first
+
+    return forward, stock
 
 
 def train(name: str, task: str, a, config) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
+    from support_basis.training.aux import PreviousTokenProbe
+
     torch.manual_seed(a.seed)
     forward, module = build(name, config)
+    if a.embedding_std:
+        with torch.no_grad():
+            (module["emb"] if name == "stock" else module.get_input_embeddings()).weight.normal_(0, a.embedding_std)
+    readout = PreviousTokenProbe(config.d_model, config.vocab_size, (1,), 1)
     module.to(a.device)
-    opt = torch.optim.AdamW(module.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    readout.to(a.device)
+    params = list(module.parameters()) + (list(readout.parameters()) if a.prev_aux else [])
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     data = torch.Generator().manual_seed(a.seed + 1)
     held_x, held_y = make_batch(task, 512, a.pairs, config.vocab_size, config.mask_token_id,
                                 torch.Generator().manual_seed(10_000 + a.seed), a.device)
@@ -125,21 +163,26 @@ def train(name: str, task: str, a, config) -> list[dict]:
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, step / 100)
         x, y = make_batch(task, a.batch_size, a.pairs, config.vocab_size, config.mask_token_id, data, a.device)
-        loss = F.cross_entropy(forward(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+        logits, first = forward(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        total = loss + a.prev_aux * readout((None, first), x) if a.prev_aux else loss
         opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % a.eval_every == 0 or step == a.steps:
             module.eval()
             with torch.no_grad():
-                guess = forward(held_x).argmax(-1)
+                logits, first = forward(held_x)
+                guess = logits.argmax(-1)
+                prev = readout.accuracy((None, first), held_x) if a.prev_aux else None
             module.train()
             scored = held_y >= 0
             listed = float(in_list.gather(1, guess)[scored].float().mean()) if task == "recall" else None
             curve.append({"model": name, "task": task, "step": step, "train_loss": round(float(loss.detach()), 4),
                           "accuracy": round(float((guess == held_y)[scored].float().mean()), 4),
                           "in_list": None if listed is None else round(listed, 4),
+                          "prev": None if prev is None else round(prev, 4),
                           "seconds": round(time.perf_counter() - t0, 1)})
             print(f"  {name} {task} step {step}: held-out accuracy {curve[-1]['accuracy']:.3f}", flush=True)
     return curve
@@ -167,13 +210,16 @@ def main(argv=None) -> int | None:
             rows += train(name, task, a, config)
     chance = {"copy2": 1 / (config.vocab_size - sum(COPY_IDS)), "recall": 1 / a.pairs}
     print(f"\nfresh models of shape d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads; "
-          f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}); {machine()}")
+          f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}); previous-token read-out weight "
+          f"{a.prev_aux:g}; embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
+          f"{machine()}")
     print_table(rows,
                 [("model", "model", "s"), ("task", "task", "s"), ("step", "step", "d"),
                  ("train_loss", "train loss", ".3f"), ("accuracy", "held-out acc", ".3f"),
-                 ("in_list", "in list", ".3f"), ("seconds", "seconds", ".0f")])
+                 ("in_list", "in list", ".3f"), ("prev", "prev", ".3f"), ("seconds", "seconds", ".0f")])
     final = {f"{r['model']}/{r['task']}": r["accuracy"] for r in rows if r["step"] == a.steps}
     emit_json({"bench": "lookup_probe", "steps": a.steps, "pairs": a.pairs, "lr": a.lr, "batch_size": a.batch_size,
+               "prev_aux": a.prev_aux, "embedding_std": a.embedding_std,
                "chance": chance, "final_accuracy": final, "curves": rows, "machine": machine()})
 
 

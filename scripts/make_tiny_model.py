@@ -114,8 +114,13 @@ def make_tiny_model(
     tokenizer_corpus: str = "builtin",
     rope_theta: float = 500000.0,
     weight_tying: bool = False,
+    embedding_std: float | None = None,
 ) -> Path:
-    """Write the directory and return its path. Deterministic for a given seed."""
+    """Write the directory and return its path. Deterministic for a given seed.
+
+    ``embedding_std``: draw the token embeddings from N(0, embedding_std^2) instead of the model's own init
+    (std 1/sqrt(d_model)); a start at unit scale is what lets a tiny model learn a key lookup (see
+    ``support_basis/training/aux.py``)."""
     import torch
 
     sys.path.insert(0, str(REPO))
@@ -156,7 +161,11 @@ def make_tiny_model(
         },
     )
     torch.manual_seed(seed)
-    model = LLaDAModelLM(config).to(getattr(torch, dtype))
+    model = LLaDAModelLM(config)
+    if embedding_std is not None:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0, embedding_std)
+    model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad setting above leaves no directory behind
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -219,7 +228,12 @@ def main(argv=None):
                    "its prompt to its answer without learning one output row per token)")
     p.add_argument("--tokenizer-corpus", default="builtin", choices=["builtin", "synthetic"],
                    help="what the BPE merges are learned from: a built-in paragraph, or the synthetic tasks' prompts")
+    p.add_argument("--embedding-std", type=float, default=None,
+                   help="initial std of the token embeddings (default: the model's init, 1/sqrt(d_model)); 1 lets a "
+                   "tiny model learn key lookups (with train_llada.py --aux-prev-tokens)")
     a = p.parse_args(argv)
+    if a.embedding_std is not None and not 0 < a.embedding_std <= 100:
+        p.error(f"--embedding-std must be in (0, 100]; got {a.embedding_std}")
     if a.vocab_size < 300:
         p.error(f"--vocab-size must be at least 300 (256 bytes + special tokens + merges); got {a.vocab_size}")
     check_output_dir(a.out_dir, "out_dir")
@@ -240,6 +254,7 @@ def main(argv=None):
             tokenizer_corpus=a.tokenizer_corpus,
             rope_theta=a.rope_theta,
             weight_tying=a.weight_tying,
+            embedding_std=a.embedding_std,
         )
     except ValueError as err:  # the config's checks (head counts, hybrid knobs): nothing was written
         raise UserError(str(err)) from None

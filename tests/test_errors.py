@@ -321,6 +321,8 @@ CASES = [
          "hybrid_exact_ratio", "3.0"),
     case("tiny-layers", "make_tiny_model", lambda c, w: [str(w / "m"), "--n-layers", "0"], "--n-layers", "'0'"),
     case("tiny-vocab", "make_tiny_model", lambda c, w: [str(w / "m"), "--vocab-size", "100"], "--vocab-size", "100"),
+    case("tiny-embedding-std", "make_tiny_model", lambda c, w: [str(w / "m"), "--embedding-std", "0"],
+         "--embedding-std", "0.0"),
 ]
 
 

@@ -99,6 +99,45 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.old"))
 
 
+def test_previous_token_readout_trains_beside_and_is_never_exported(tiny_model_dir, tmp_path):
+    """--aux-prev-tokens: its loss is logged apart and falls, LLaDA's own `loss` is still the SFT loss, the
+    exported directory holds the model's weights only, and a resumed run with the read-outs ends bit-identical."""
+    aux = ("--aux-prev-tokens", "1,2", "--aux-until", "0.75")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tiny_model_dir, straight, "--steps", "40", *aux)
+    curve = [json.loads(line) for line in (straight / "training_log.jsonl").read_text().splitlines()]
+    assert [("aux_loss" in r) for r in curve] == [True, True, True, False]  # off after 0.75 * 40 steps
+    assert curve[2]["aux_loss"] < 0.8 * curve[0]["aux_loss"], curve
+    _train(tiny_model_dir, resumed, "--steps", "40", "--stop-after", "20", *aux)
+    _train(tiny_model_dir, resumed, "--steps", "40", "--resume", *aux)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == _weights(tiny_model_dir).keys()  # no read-out weights in the model
+    state = torch.load(train_llada.state_path(resumed), weights_only=False)
+    assert set(state["aux"]) == {"readouts.0.weight", "readouts.0.bias", "readouts.1.weight", "readouts.1.bias"}
+
+
+def test_previous_token_probe_reads_what_is_there():
+    """A hidden state that holds the token k to the left (one-hot) is read exactly by the identity read-out, and
+    scores the probe's loss near 0; one that holds another offset's token does not; offsets past L are skipped."""
+    from support_basis.training.aux import PreviousTokenProbe
+
+    vocab, length = 50, 12
+    ids = torch.randint(0, vocab, (3, length), generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    probe = PreviousTokenProbe(vocab, vocab, (2, length + 3), layer=1)
+    with torch.no_grad():
+        probe.readouts[0].weight.copy_(30 * torch.eye(vocab))
+        probe.readouts[0].bias.zero_()
+    shifted = torch.zeros(3, length, vocab)
+    shifted[:, 2:] = F.one_hot(ids[:, :-2], vocab).float()
+    assert probe.accuracy((None, shifted), ids) == 1.0 and float(probe((None, shifted), ids)) < 1e-6
+    wrong = torch.zeros(3, length, vocab)
+    wrong[:, 1:] = F.one_hot(ids[:, :-1], vocab).float()
+    assert probe.accuracy((None, wrong), ids) < 0.5 and float(probe((None, wrong), ids)) > 1.0
+    with pytest.raises(ValueError, match="offsets must be positive"):
+        PreviousTokenProbe(8, 8, (0,), 1)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be >= 1; got 0"),
     (["--lr", "nan"], "--lr must be in (0, 1]"),
@@ -108,6 +147,10 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
     (["--resume"], "--resume: no checkpoint at"),
     (["--save-every", "15"], "must be a multiple of --log-every"),
     (["--device", "cuda:0"], "CUDA is not available") if not torch.cuda.is_available() else (["--steps", "-1"], ">= 1"),
+    (["--aux-prev-tokens", "0,2"], "--aux-prev-tokens '0,2': give comma-separated offsets in [1, 64]"),
+    (["--aux-prev-tokens", "1,x"], "--aux-prev-tokens '1,x': give comma-separated offsets"),
+    (["--aux-prev-tokens", "1", "--aux-layer", "3"], "--aux-layer 3: the model has 2 blocks"),
+    (["--aux-until", "1.5"], "--aux-until must be in [0, 1]; got 1.5"),
 ])
 def test_bad_flags_fail_before_loading(tiny_model_dir, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -147,3 +190,17 @@ def test_an_answer_shown_in_the_prompt_is_its_tokens_there(kind):
             answer = row[resp.index(True) : row.index(eot, resp.index(True))]
             assert answer and any(prompt[i : i + len(answer)] == answer for i in range(len(prompt))), \
                 (tok.decode(prompt[-40:]), tok.convert_ids_to_tokens(answer))
+
+
+def test_embedding_std_redraws_only_the_embeddings(tiny_model_dir, tmp_path):
+    """make_tiny_model --embedding-std: the token embeddings start at that scale, every other weight is the
+    default build's (same seed), and the build is deterministic."""
+    from make_tiny_model import make_tiny_model
+
+    out = make_tiny_model(tmp_path / "unit", seed=0, embedding_std=1.0)
+    base, unit = _weights(tiny_model_dir), _weights(out)
+    emb = "model.transformer.wte.weight"
+    assert emb in unit and 0.95 < float(unit[emb].std()) < 1.05 and float(base[emb].std()) < 0.2
+    assert base.keys() == unit.keys() and all(torch.equal(base[k], unit[k]) for k in base if k != emb)
+    again = _weights(make_tiny_model(tmp_path / "again", seed=0, embedding_std=1.0))
+    assert torch.equal(again[emb], unit[emb])
