@@ -111,7 +111,8 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
 
 
 def build(name: str, config):
-    """``(forward, module)``: ``forward(x)`` -> ``(logits (B, L, V), hidden states after the first block)``."""
+    """``(forward, module)``: ``forward(x)`` -> ``(logits (B, L, V), hidden states)``, the latter a tuple whose
+    entry 1 is the first block's output (as the model's own ``output_hidden_states``)."""
     from transformers import AutoModel
 
     if name == "llada":
@@ -120,18 +121,17 @@ def build(name: str, config):
 
         def forward(x):
             out = model(x, output_hidden_states=True)
-            return out.logits, out.hidden_states[1]
+            return out.logits, out.hidden_states
 
         return forward, model
     stock = stock_encoder(config.vocab_size, config.d_model, config.n_heads, config.effective_mlp_hidden_size,
                           config.n_layers, dropout=0.0)
 
     def forward(x):
-        h = first = stock["emb"](x) + stock.pos[: x.shape[1]]
-        for i, layer in enumerate(stock["enc"].layers):
-            h = layer(h)
-            first = h if i == 0 else first
-        return stock["out"](h), first
+        hidden = [stock["emb"](x) + stock.pos[: x.shape[1]]]
+        for layer in stock["enc"].layers:
+            hidden.append(layer(hidden[-1]))
+        return stock["out"](hidden[-1]), tuple(hidden)
 
     return forward, stock
 
@@ -147,10 +147,9 @@ def train(name: str, task: str, a, config) -> list[dict]:
     if a.embedding_std:
         with torch.no_grad():
             (module["emb"] if name == "stock" else module.get_input_embeddings()).weight.normal_(0, a.embedding_std)
-    readout = PreviousTokenProbe(config.d_model, config.vocab_size, (1,), 1)
+    readout = PreviousTokenProbe(config.d_model, config.vocab_size, (1,), 1).to(a.device) if a.prev_aux else None
     module.to(a.device)
-    readout.to(a.device)
-    params = list(module.parameters()) + (list(readout.parameters()) if a.prev_aux else [])
+    params = list(module.parameters()) + (list(readout.parameters()) if readout is not None else [])
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     data = torch.Generator().manual_seed(a.seed + 1)
     held_x, held_y = make_batch(task, 512, a.pairs, config.vocab_size, config.mask_token_id,
@@ -163,9 +162,9 @@ def train(name: str, task: str, a, config) -> list[dict]:
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, step / 100)
         x, y = make_batch(task, a.batch_size, a.pairs, config.vocab_size, config.mask_token_id, data, a.device)
-        logits, first = forward(x)
+        logits, hidden = forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
-        total = loss + a.prev_aux * readout((None, first), x) if a.prev_aux else loss
+        total = loss if readout is None else loss + a.prev_aux * readout(hidden, x)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,9 +172,9 @@ def train(name: str, task: str, a, config) -> list[dict]:
         if step % a.eval_every == 0 or step == a.steps:
             module.eval()
             with torch.no_grad():
-                logits, first = forward(held_x)
+                logits, hidden = forward(held_x)
                 guess = logits.argmax(-1)
-                prev = readout.accuracy((None, first), held_x) if a.prev_aux else None
+                prev = None if readout is None else readout.accuracy(hidden, held_x)
             module.train()
             scored = held_y >= 0
             listed = float(in_list.gather(1, guess)[scored].float().mean()) if task == "recall" else None
