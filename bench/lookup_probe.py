@@ -4,6 +4,8 @@
     python bench/lookup_probe.py                           # 2,000 steps per (model, task), about 7 minutes
     python bench/lookup_probe.py --steps 10000 --pairs 2 --models llada --tasks recall
     python bench/lookup_probe.py --steps 1000 --models llada --tasks recall --prev-aux 1 --embedding-std 1
+    python bench/lookup_probe.py --steps 3000 --models llada --tasks recall --pairs 4 --prev-aux 1 \
+        --embedding-std 1 --sep 1 --gap 6 --asked 1 --prev-offsets 1,2      # the SFT prompt's layout
 
 The tiny LLaDA (``checkpoints/llada-tiny``) answers comparisons above chance and key-value recall at chance. This
 separates the lookup from everything else the SFT recipe involves (chat template, EOS filling, the 1/t weight,
@@ -23,7 +25,12 @@ Two levers on the recall task (both off by default), measured together and apart
   LLaDA code: std 1/sqrt(d_model), 0.088 at d_model 128; PyTorch's encoder: 1);
 - ``--prev-aux W``: add W x a previous-token read-out loss (``support_basis.training.aux.PreviousTokenProbe``,
   offset 1, from the first block's output), so the hop that the lookup needs before its match is supervised
-  directly. The ``prev`` column is that read-out's held-out accuracy.
+  directly. The ``prev`` column is that read-out's held-out accuracy (``--prev-offsets`` picks the offsets).
+
+The recall layout can be moved toward the SFT prompt's ("In the list c=41, q=73, ... what is the value of q?" in
+the chat template): ``--sep 1`` puts a separator between each key and its value ("q=73"), ``--gap 6`` six fixed
+filler tokens between the asked key and its masked answer ("?", end of turn, the assistant header, a blank line),
+``--asked 1`` asks one key per sequence instead of all of them.
 
 Models, both fresh random inits of the same shape (d_model, layers, heads, MLP from the checkpoint's config):
 ``llada`` is this project's model code (RoPE, RMSNorm, SwiGLU, exact attention); ``stock`` is PyTorch's own
@@ -47,6 +54,7 @@ TASKS = ("copy2", "recall")
 MODELS = ("llada", "stock")
 N_KEYS, N_VALUES = 26, 90
 COPY_IDS = (100, 16)  # copy2 draws token ids from [100, vocab - 16)
+SEP_ID, FILL_ID = 90, 60  # recall's separator and filler ids (keys are 100-125, values 200-289)
 
 
 def parse_args(argv=None):
@@ -57,11 +65,17 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of: " + ", ".join(TASKS))
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--pairs", type=int, default=2, help="recall: key-value pairs per sequence (default 2)")
+    p.add_argument("--sep", type=int, default=0, help="recall: separator tokens between a key and its value (default 0)")
+    p.add_argument("--gap", type=int, default=0,
+                   help="recall: filler tokens between an asked key and its masked answer (default 0)")
+    p.add_argument("--asked", type=int, default=0, help="recall: keys asked per sequence (default 0 = all of them)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--prev-aux", type=float, default=0.0,
                    help="weight of a previous-token read-out loss on the first block's output (default 0 = off)")
+    p.add_argument("--prev-offsets", default="1",
+                   help="with --prev-aux: comma-separated offsets the read-outs look left (default 1)")
     p.add_argument("--embedding-std", type=float, default=0.0,
                    help="re-draw the token embeddings with this standard deviation (default 0 = the model's init)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +93,16 @@ def parse_args(argv=None):
                 f"{a.batch_size}")
     if not 2 <= a.pairs <= N_KEYS:
         p.error(f"--pairs must be in [2, {N_KEYS}]; got {a.pairs}")
+    for name, value, top in (("sep", a.sep, 8), ("gap", a.gap, 32), ("asked", a.asked, a.pairs)):
+        if not 0 <= value <= top:
+            p.error(f"--{name} must be in [0, {top}]; got {value}")
+    raw = a.prev_offsets
+    try:
+        a.prev_offsets = tuple(int(o) for o in raw.split(","))
+    except ValueError:
+        a.prev_offsets = ()
+    if not a.prev_offsets or min(a.prev_offsets) < 1:
+        p.error(f"--prev-offsets {raw!r}: give comma-separated positive integers, e.g. 1,2")
     if not 0 < a.lr <= 1:
         p.error(f"--lr must be in (0, 1]; got {a.lr}")
     for name in ("prev_aux", "embedding_std"):
@@ -89,9 +113,15 @@ def parse_args(argv=None):
     return a
 
 
-def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, generator, device="cpu"):
+def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, generator, device="cpu",
+               sep: int = 0, gap: int = 0, asked: int | None = None):
     """``(inputs, targets)``, both ``(size, L)`` long on ``device`` (drawn on the CPU ``generator``); targets are
-    -100 where there is no loss."""
+    -100 where there is no loss.
+
+    Recall layout: ``k1 [=]*sep v1 ... kn [=]*sep vn`` then, for each of ``asked`` keys (default all ``pairs``, in a
+    random order), ``q [f1 .. f_gap] [M]``: ``sep`` copies of one separator token between a key and its value (the
+    SFT prompt's "q=73" has one), ``gap`` fixed filler tokens between an asked key and its masked answer (the
+    free-form SFT prompt has six: "?", end of turn, the assistant header, a blank line)."""
     import torch
 
     if task == "copy2":
@@ -99,14 +129,17 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
         target = torch.full_like(x, -100)
         target[:, 2:] = x[:, :-2]
         return x.to(device), target.to(device)
+    asked = pairs if asked is None else asked
     keys = torch.argsort(torch.rand(size, N_KEYS, generator=generator), dim=1)[:, :pairs] + 100
     values = torch.randint(0, N_VALUES, (size, pairs), generator=generator) + 200
-    order = torch.argsort(torch.rand(size, pairs, generator=generator), dim=1)
-    context = torch.stack([keys, values], -1).flatten(1)
-    asked = torch.stack([keys.gather(1, order), values.gather(1, order)], -1).flatten(1)
-    x = torch.cat([context, asked], 1)
+    order = torch.argsort(torch.rand(size, pairs, generator=generator), dim=1)[:, :asked]
+    seps = torch.full((size, pairs, sep), SEP_ID)
+    context = torch.cat([keys[..., None], seps, values[..., None]], -1).flatten(1)
+    fill = torch.arange(FILL_ID, FILL_ID + gap).expand(size, asked, gap)
+    question = torch.cat([keys.gather(1, order)[..., None], fill, values.gather(1, order)[..., None]], -1)
+    x = torch.cat([context, question.flatten(1)], 1)
     answer = torch.zeros_like(x, dtype=torch.bool)
-    answer[:, 2 * pairs + 1 :: 2] = True
+    answer[:, context.shape[1] + gap + 1 :: gap + 2] = True
     return x.masked_fill(answer, mask_id).to(device), torch.where(answer, x, -100).to(device)
 
 
@@ -147,13 +180,14 @@ def train(name: str, task: str, a, config) -> list[dict]:
     if a.embedding_std:
         with torch.no_grad():
             (module["emb"] if name == "stock" else module.get_input_embeddings()).weight.normal_(0, a.embedding_std)
-    readout = PreviousTokenProbe(config.d_model, config.vocab_size, (1,), 1).to(a.device) if a.prev_aux else None
+    readout = PreviousTokenProbe(config.d_model, config.vocab_size, a.prev_offsets, 1).to(a.device) if a.prev_aux else None
     module.to(a.device)
     params = list(module.parameters()) + (list(readout.parameters()) if readout is not None else [])
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     data = torch.Generator().manual_seed(a.seed + 1)
+    layout = {"sep": a.sep, "gap": a.gap, "asked": a.asked or None}
     held_x, held_y = make_batch(task, 512, a.pairs, config.vocab_size, config.mask_token_id,
-                                torch.Generator().manual_seed(10_000 + a.seed), a.device)
+                                torch.Generator().manual_seed(10_000 + a.seed), a.device, **layout)
     in_list = torch.zeros(512, config.vocab_size, dtype=torch.bool, device=a.device)
     in_list.scatter_(1, torch.where(held_y >= 0, held_y, 0), True)  # recall: each sequence's list values
     in_list[:, 0] = False  # (id 0 stood in for the unscored positions)
@@ -161,7 +195,8 @@ def train(name: str, task: str, a, config) -> list[dict]:
     for step in range(1, a.steps + 1):
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, step / 100)
-        x, y = make_batch(task, a.batch_size, a.pairs, config.vocab_size, config.mask_token_id, data, a.device)
+        x, y = make_batch(task, a.batch_size, a.pairs, config.vocab_size, config.mask_token_id, data, a.device,
+                          **layout)
         logits, hidden = forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
         total = loss if readout is None else loss + a.prev_aux * readout(hidden, x)
@@ -209,8 +244,8 @@ def main(argv=None) -> int | None:
             rows += train(name, task, a, config)
     chance = {"copy2": 1 / (config.vocab_size - sum(COPY_IDS)), "recall": 1 / a.pairs}
     print(f"\nfresh models of shape d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads; "
-          f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}); previous-token read-out weight "
-          f"{a.prev_aux:g}; embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
+          f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}), {a.asked or a.pairs} asked, sep {a.sep}, "
+          f"gap {a.gap}; previous-token read-out weight {a.prev_aux:g} at offsets {a.prev_offsets}; embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
           f"{machine()}")
     print_table(rows,
                 [("model", "model", "s"), ("task", "task", "s"), ("step", "step", "d"),
@@ -218,7 +253,8 @@ def main(argv=None) -> int | None:
                  ("in_list", "in list", ".3f"), ("prev", "prev", ".3f"), ("seconds", "seconds", ".0f")])
     final = {f"{r['model']}/{r['task']}": r["accuracy"] for r in rows if r["step"] == a.steps}
     emit_json({"bench": "lookup_probe", "steps": a.steps, "pairs": a.pairs, "lr": a.lr, "batch_size": a.batch_size,
-               "prev_aux": a.prev_aux, "embedding_std": a.embedding_std,
+               "prev_aux": a.prev_aux, "prev_offsets": a.prev_offsets, "embedding_std": a.embedding_std,
+               "sep": a.sep, "gap": a.gap, "asked": a.asked or a.pairs,
                "chance": chance, "final_accuracy": final, "curves": rows, "machine": machine()})
 
 

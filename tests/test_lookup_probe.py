@@ -23,19 +23,29 @@ def probe(bench_import):
     return bench_import("lookup_probe")
 
 
-@pytest.mark.parametrize("pairs", [2, 5, 8])
-def test_recall_batch_answers_are_the_asked_keys_values(probe, pairs):
+@pytest.mark.parametrize("pairs,sep,gap,asked", [(2, 0, 0, None), (5, 0, 0, None), (8, 0, 0, None),
+                                                  (4, 1, 6, 1), (6, 2, 3, 4), (3, 0, 6, None)])
+def test_recall_batch_answers_are_the_asked_keys_values(probe, pairs, sep, gap, asked):
+    """Read each row back token by token: the list, its separators, then per asked key the fillers and a masked
+    answer whose target is that key's value."""
     seed = random.randrange(2**31)
-    x, y = probe.make_batch("recall", 64, pairs, 2474, 2464, torch.Generator().manual_seed(seed))
-    assert x.shape == y.shape == (64, 4 * pairs)
+    x, y = probe.make_batch("recall", 64, pairs, 2474, 2464, torch.Generator().manual_seed(seed),
+                            sep=sep, gap=gap, asked=asked)
+    n_asked = pairs if asked is None else asked
+    ctx, block = pairs * (2 + sep), 2 + gap
+    assert x.shape == y.shape == (64, ctx + n_asked * block)
     for row_x, row_y in zip(x.tolist(), y.tolist()):
-        keys, values = row_x[0 : 2 * pairs : 2], row_x[1 : 2 * pairs : 2]
-        asked = row_x[2 * pairs :: 2]
-        assert len(set(keys)) == pairs and sorted(asked) == sorted(keys), seed
-        assert all(t == 2464 for t in row_x[2 * pairs + 1 :: 2]), seed  # every answer value masked
-        want = [values[keys.index(k)] for k in asked]
-        assert row_y[2 * pairs + 1 :: 2] == want, seed
-        assert all(t == -100 for t in row_y[: 2 * pairs] + row_y[2 * pairs :: 2]), seed
+        keys, values = row_x[0:ctx:2 + sep], row_x[1 + sep:ctx:2 + sep]
+        assert all(row_x[i + 1 + j] == probe.SEP_ID for i in range(0, ctx, 2 + sep) for j in range(sep)), seed
+        assert len(set(keys)) == pairs and all(100 <= k < 126 for k in keys), seed
+        assert all(200 <= v < 290 for v in values), seed
+        asked_keys = row_x[ctx::block]
+        assert len(set(asked_keys)) == n_asked and set(asked_keys) <= set(keys), seed
+        for b in range(ctx, len(row_x), block):
+            assert row_x[b + 1 : b + 1 + gap] == list(range(probe.FILL_ID, probe.FILL_ID + gap)), seed
+            assert row_x[b + 1 + gap] == 2464, seed  # the answer is masked
+            assert row_y[b + 1 + gap] == values[keys.index(row_x[b])], seed
+        assert sum(t != -100 for t in row_y) == n_asked, seed
 
 
 def test_copy2_batch_targets_are_two_to_the_left(probe):
@@ -55,7 +65,10 @@ def test_the_tiny_llada_shape_learns_a_positional_head(probe):
     assert curve[-1]["accuracy"] > 0.9, curve
 
 
-def test_bad_flag_is_one_line_exit_2():
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "lookup_probe.py"), "--pairs", "1"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--pairs" in r.stderr, r.stderr
+@pytest.mark.parametrize("argv,flag", [(["--pairs", "1"], "--pairs"), (["--gap", "40"], "--gap"),
+                                       (["--asked", "5", "--pairs", "4"], "--asked"),
+                                       (["--prev-offsets", "0,1"], "--prev-offsets"),
+                                       (["--prev-offsets", "one"], "--prev-offsets")])
+def test_bad_flag_is_one_line_exit_2(argv, flag):
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "lookup_probe.py"), *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and flag in r.stderr, r.stderr
