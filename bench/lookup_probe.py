@@ -48,7 +48,7 @@ from pathlib import Path
 
 from _common import REPO, emit_json, machine, print_table, stock_encoder
 
-from support_basis.errors import ArgumentParser  # one-line errors, exit 2
+from support_basis.errors import MAX_OFFSET, ArgumentParser, parse_offsets  # one-line errors, exit 2
 
 TASKS = ("copy2", "recall")
 MODELS = ("llada", "stock")
@@ -96,13 +96,9 @@ def parse_args(argv=None):
     for name, value, top in (("sep", a.sep, 8), ("gap", a.gap, 32), ("asked", a.asked, a.pairs)):
         if not 0 <= value <= top:
             p.error(f"--{name} must be in [0, {top}]; got {value}")
-    raw = a.prev_offsets
-    try:
-        a.prev_offsets = tuple(int(o) for o in raw.split(","))
-    except ValueError:
-        a.prev_offsets = ()
-    if not a.prev_offsets or min(a.prev_offsets) < 1:
-        p.error(f"--prev-offsets {raw!r}: give comma-separated positive integers, e.g. 1,2")
+    raw, a.prev_offsets = a.prev_offsets, parse_offsets(a.prev_offsets)
+    if not a.prev_offsets:
+        p.error(f"--prev-offsets {raw!r}: give comma-separated offsets in [1, {MAX_OFFSET}], e.g. 1,2")
     if not 0 < a.lr <= 1:
         p.error(f"--lr must be in (0, 1]; got {a.lr}")
     for name in ("prev_aux", "embedding_std"):
@@ -180,7 +176,8 @@ def train(name: str, task: str, a, config) -> list[dict]:
     if a.embedding_std:
         with torch.no_grad():
             (module["emb"] if name == "stock" else module.get_input_embeddings()).weight.normal_(0, a.embedding_std)
-    readout = PreviousTokenProbe(config.d_model, config.vocab_size, a.prev_offsets, 1).to(a.device) if a.prev_aux else None
+    readout = (PreviousTokenProbe(config.d_model, config.vocab_size, a.prev_offsets, 1).to(a.device)
+               if a.prev_aux else None)
     module.to(a.device)
     params = list(module.parameters()) + (list(readout.parameters()) if readout is not None else [])
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -245,7 +242,8 @@ def main(argv=None) -> int | None:
     chance = {"copy2": 1 / (config.vocab_size - sum(COPY_IDS)), "recall": 1 / a.pairs}
     print(f"\nfresh models of shape d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads; "
           f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}), {a.asked or a.pairs} asked, sep {a.sep}, "
-          f"gap {a.gap}; previous-token read-out weight {a.prev_aux:g} at offsets {a.prev_offsets}; embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
+          f"gap {a.gap}; previous-token read-out weight {a.prev_aux:g} at offsets {a.prev_offsets}; "
+          f"embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
           f"{machine()}")
     print_table(rows,
                 [("model", "model", "s"), ("task", "task", "s"), ("step", "step", "d"),

@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from support_basis.errors import ArgumentParser  # noqa: E402  (one-line errors, exit 2; no torch import)
+from support_basis.errors import MAX_OFFSET, ArgumentParser, parse_offsets  # noqa: E402  (no torch import)
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
@@ -114,12 +114,10 @@ def check_args(p: ArgumentParser, a) -> None:
     if not 0 < a.eps < 1:
         p.error(f"--eps must be in (0, 1); got {a.eps}")
     if a.aux_prev_tokens is not None:
-        try:
-            a.aux_offsets = tuple(int(k) for k in a.aux_prev_tokens.split(","))
-        except ValueError:
-            a.aux_offsets = ()
-        if not a.aux_offsets or min(a.aux_offsets) < 1 or max(a.aux_offsets) > 64:
-            p.error(f"--aux-prev-tokens {a.aux_prev_tokens!r}: give comma-separated offsets in [1, 64], e.g. 1,2")
+        a.aux_offsets = parse_offsets(a.aux_prev_tokens)
+        if not a.aux_offsets:
+            p.error(f"--aux-prev-tokens {a.aux_prev_tokens!r}: give comma-separated offsets in [1, {MAX_OFFSET}], "
+                    "e.g. 1,2")
     if not (math.isfinite(a.aux_weight) and a.aux_weight >= 0):
         p.error(f"--aux-weight must be >= 0; got {a.aux_weight}")
     if not 0 <= a.aux_until <= 1:

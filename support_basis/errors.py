@@ -105,6 +105,19 @@ positive_int = number(1, integer=True)
 nonnegative_int = number(0, integer=True)
 
 
+MAX_OFFSET = 64  # the largest token offset a previous-token read-out flag accepts
+
+
+def parse_offsets(text: str) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``; ``()`` when the text is not comma-separated integers in [1, ``MAX_OFFSET``] (the
+    read-out flags of ``scripts/train_llada.py`` and ``bench/lookup_probe.py`` turn that into their error)."""
+    try:
+        offsets = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        return ()
+    return offsets if offsets and 1 <= min(offsets) and max(offsets) <= MAX_OFFSET else ()
+
+
 def utf8_text(text: str, what: str) -> str:
     """``text`` (e.g. a command-line argument, which Python decodes with ``surrogateescape``) if it is valid
     UTF-8, else :class:`UserError` naming ``what`` and the offending byte."""
