@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from support_basis.errors import UserError, cli  # noqa: E402
+from support_basis.process_group import leave_process_group  # noqa: E402
 
 
 def check_llada_args(argv: list[str]) -> None:
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":

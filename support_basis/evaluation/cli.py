@@ -167,6 +167,18 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     from generate import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name")
+    from ..process_group import leave_process_group
+
+    try:
+        return _run_configs(task, items, model, tokenizer, runs, stores, a, state)
+    finally:
+        leave_process_group()
+
+
+def _run_configs(task, items, model, tokenizer, runs, stores, a, state) -> list[dict]:
+    """Evaluate each configuration in turn (one model load); the summaries of rank 0."""
+    import torch
+
     from .runner import evaluate
 
     summaries = []
