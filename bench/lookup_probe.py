@@ -25,7 +25,8 @@ Two levers on the recall task (both off by default), measured together and apart
   LLaDA code: std 1/sqrt(d_model), 0.088 at d_model 128; PyTorch's encoder: 1);
 - ``--prev-aux W``: add W x a previous-token read-out loss (``support_basis.training.aux.PreviousTokenProbe``,
   offset 1, from the first block's output), so the hop that the lookup needs before its match is supervised
-  directly. The ``prev`` column is that read-out's held-out accuracy (``--prev-offsets`` picks the offsets).
+  directly. The ``prev`` column is that read-out's held-out accuracy (``--prev-offsets`` picks the offsets,
+  ``--prev-positions N`` trains them on N random positions per sequence instead of all).
 
 The recall layout can be moved toward the SFT prompt's ("In the list c=41, q=73, ... what is the value of q?" in
 the chat template): ``--sep 1`` puts a separator between each key and its value ("q=73"), ``--gap 6`` six fixed
@@ -76,6 +77,9 @@ def parse_args(argv=None):
                    help="weight of a previous-token read-out loss on the first block's output (default 0 = off)")
     p.add_argument("--prev-offsets", default="1",
                    help="with --prev-aux: comma-separated offsets the read-outs look left (default 1)")
+    p.add_argument("--prev-positions", type=int, default=0,
+                   help="with --prev-aux: positions per sequence the read-outs train on, drawn each step "
+                   "(default 0 = every position)")
     p.add_argument("--embedding-std", type=float, default=0.0,
                    help="re-draw the token embeddings with this standard deviation (default 0 = the model's init)")
     p.add_argument("--seed", type=int, default=0)
@@ -99,6 +103,8 @@ def parse_args(argv=None):
     raw, a.prev_offsets = a.prev_offsets, parse_offsets(a.prev_offsets)
     if not a.prev_offsets:
         p.error(f"--prev-offsets {raw!r}: give comma-separated offsets in [1, {MAX_OFFSET}], e.g. 1,2")
+    if a.prev_positions < 0:
+        p.error(f"--prev-positions must be >= 0 (0 = every position); got {a.prev_positions}")
     if not 0 < a.lr <= 1:
         p.error(f"--lr must be in (0, 1]; got {a.lr}")
     for name in ("prev_aux", "embedding_std"):
@@ -176,8 +182,9 @@ def train(name: str, task: str, a, config) -> list[dict]:
     if a.embedding_std:
         with torch.no_grad():
             (module["emb"] if name == "stock" else module.get_input_embeddings()).weight.normal_(0, a.embedding_std)
-    readout = (PreviousTokenProbe(config.d_model, config.vocab_size, a.prev_offsets, 1).to(a.device)
-               if a.prev_aux else None)
+    readout = (PreviousTokenProbe(config.d_model, config.vocab_size, a.prev_offsets, 1, a.prev_positions)
+               .to(a.device) if a.prev_aux else None)
+    positions = torch.Generator(device=a.device).manual_seed(a.seed + 2)  # the read-outs' sampled positions
     module.to(a.device)
     params = list(module.parameters()) + (list(readout.parameters()) if readout is not None else [])
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -196,7 +203,7 @@ def train(name: str, task: str, a, config) -> list[dict]:
                           **layout)
         logits, hidden = forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
-        total = loss if readout is None else loss + a.prev_aux * readout(hidden, x)
+        total = loss if readout is None else loss + a.prev_aux * readout(hidden, x, positions)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -242,7 +249,8 @@ def main(argv=None) -> int | None:
     chance = {"copy2": 1 / (config.vocab_size - sum(COPY_IDS)), "recall": 1 / a.pairs}
     print(f"\nfresh models of shape d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads; "
           f"recall with {a.pairs} pairs (chance {chance['recall']:.3f}), {a.asked or a.pairs} asked, sep {a.sep}, "
-          f"gap {a.gap}; previous-token read-out weight {a.prev_aux:g} at offsets {a.prev_offsets}; "
+          f"gap {a.gap}; previous-token read-out weight {a.prev_aux:g} at offsets {a.prev_offsets}"
+          f"{'' if not a.prev_positions else f' on {a.prev_positions} positions a sequence'}; "
           f"embeddings {'as initialised' if not a.embedding_std else f'std {a.embedding_std:g}'}; "
           f"{machine()}")
     print_table(rows,
@@ -251,7 +259,8 @@ def main(argv=None) -> int | None:
                  ("in_list", "in list", ".3f"), ("prev", "prev", ".3f"), ("seconds", "seconds", ".0f")])
     final = {f"{r['model']}/{r['task']}": r["accuracy"] for r in rows if r["step"] == a.steps}
     emit_json({"bench": "lookup_probe", "steps": a.steps, "pairs": a.pairs, "lr": a.lr, "batch_size": a.batch_size,
-               "prev_aux": a.prev_aux, "prev_offsets": a.prev_offsets, "embedding_std": a.embedding_std,
+               "prev_aux": a.prev_aux, "prev_offsets": a.prev_offsets,
+               "prev_positions": a.prev_positions, "embedding_std": a.embedding_std,
                "sep": a.sep, "gap": a.gap, "asked": a.asked or a.pairs,
                "chance": chance, "final_accuracy": final, "curves": rows, "machine": machine()})
 

@@ -20,6 +20,8 @@ while training (``hybrid_exact_ratio`` is set to 1 for the run and restored in t
 ``--aux-prev-tokens 1,2`` adds a training signal that is not LLaDA's: linear read-outs of the tokens one and two
 positions to the left, from the first block's output (``support_basis/training/aux.py``). It supervises the hop a
 key lookup needs before its match; the read-outs are saved with the run's state, never exported. Off by default.
+Read out at every position they cost about half a step again on the tiny model (vocabulary-sized matmuls);
+``--aux-positions 16`` trains them on 16 random positions per sequence, at no measurable cost.
 
 Every batch and every mask draw is a function of ``(--seed, step)``, so a run killed at any point and continued
 with ``--resume`` ends with the same weights as an uninterrupted run. ``OUT.state/state.pt`` (weights, optimizer,
@@ -67,6 +69,9 @@ def build_parser() -> ArgumentParser:
                    "never exported); default off")
     p.add_argument("--aux-weight", type=float, default=1.0, help="weight of that read-out loss (default 1)")
     p.add_argument("--aux-layer", type=int, default=1, help="the block whose output is read (default 1, the first)")
+    p.add_argument("--aux-positions", type=int, default=0,
+                   help="positions per sequence the read-outs are trained on, drawn at random each step "
+                   "(default 0 = every position; a few dozen cost a fraction of it)")
     p.add_argument("--aux-until", type=float, default=1.0,
                    help="share of --steps during which the read-out loss is on (default 1 = the whole run)")
     p.add_argument("--min-response", type=int, default=0,
@@ -120,6 +125,8 @@ def check_args(p: ArgumentParser, a) -> None:
                     "e.g. 1,2")
     if not (math.isfinite(a.aux_weight) and a.aux_weight >= 0):
         p.error(f"--aux-weight must be >= 0; got {a.aux_weight}")
+    if a.aux_positions < 0:
+        p.error(f"--aux-positions must be >= 0 (0 = every position); got {a.aux_positions}")
     if not 0 <= a.aux_until <= 1:
         p.error(f"--aux-until must be in [0, 1]; got {a.aux_until}")
     if a.stop_after is not None and a.stop_after < 1:
@@ -171,7 +178,7 @@ def state_path(out: Path) -> Path:
 # The arguments a resumed run must share with the run it continues (the rest may change, e.g. --save-every).
 RUN_IDENTITY = ("model", "data", "steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
                 "weight_decay", "grad_clip", "eps", "pretrain_share", "min_response", "kinds", "seed", "precision",
-                "aux_prev_tokens", "aux_weight", "aux_layer", "aux_until")
+                "aux_prev_tokens", "aux_weight", "aux_layer", "aux_until", "aux_positions")
 
 
 def lr_at(step: int, a) -> float:
@@ -232,7 +239,8 @@ def main(argv=None) -> int:
     probe = None
     if a.aux_prev_tokens is not None:  # trained beside the model, saved in the run's state, never exported
         torch.manual_seed(a.seed)
-        probe = PreviousTokenProbe(model.config.d_model, model.config.embedding_size, a.aux_offsets, a.aux_layer)
+        probe = PreviousTokenProbe(model.config.d_model, model.config.embedding_size, a.aux_offsets, a.aux_layer,
+                                   a.aux_positions)
         probe.to(device=device, dtype=next(model.parameters()).dtype).train()
     trained = list(model.named_parameters()) + (list(probe.named_parameters()) if probe is not None else [])
     decay = [q for n, q in trained if q.dim() >= 2]

@@ -68,7 +68,8 @@ def test_the_tiny_llada_shape_learns_a_positional_head(probe):
 @pytest.mark.parametrize("argv,flag", [(["--pairs", "1"], "--pairs"), (["--gap", "40"], "--gap"),
                                        (["--asked", "5", "--pairs", "4"], "--asked"),
                                        (["--prev-offsets", "0,1"], "--prev-offsets"),
-                                       (["--prev-offsets", "one"], "--prev-offsets")])
+                                       (["--prev-offsets", "one"], "--prev-offsets"),
+                                       (["--prev-positions", "-1"], "--prev-positions must be >= 0")])
 def test_bad_flag_is_one_line_exit_2(argv, flag):
     r = subprocess.run([sys.executable, str(REPO / "bench" / "lookup_probe.py"), *argv], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and flag in r.stderr, r.stderr

@@ -101,8 +101,9 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
 
 def test_previous_token_readout_trains_beside_and_is_never_exported(tiny_model_dir, tmp_path):
     """--aux-prev-tokens: its loss is logged apart and falls, LLaDA's own `loss` is still the SFT loss, the
-    exported directory holds the model's weights only, and a resumed run with the read-outs ends bit-identical."""
-    aux = ("--aux-prev-tokens", "1,2", "--aux-until", "0.75")
+    exported directory holds the model's weights only, and a resumed run with the read-outs (on sampled positions,
+    drawn from the step's generator) ends bit-identical."""
+    aux = ("--aux-prev-tokens", "1,2", "--aux-until", "0.75", "--aux-positions", "8")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _train(tiny_model_dir, straight, "--steps", "40", *aux)
     curve = [json.loads(line) for line in (straight / "training_log.jsonl").read_text().splitlines()]
@@ -138,6 +139,32 @@ def test_previous_token_probe_reads_what_is_there():
         PreviousTokenProbe(8, 8, (0,), 1)
 
 
+def test_previous_token_probe_on_sampled_positions():
+    """``positions=n``: n positions per row, the same for every offset, drawn from the generator (so a seeded run
+    reproduces them), each read against the token k to its left: exact where the hidden state holds it."""
+    from support_basis.training.aux import PreviousTokenProbe
+
+    vocab, length, offsets = 40, 16, (1, 3)
+    ids = torch.randint(0, vocab, (4, length), generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    probe = PreviousTokenProbe(2 * vocab, vocab, offsets, layer=1, positions=5)
+    with torch.no_grad():  # read-out k reads its own half of the hidden state
+        for j, readout in enumerate(probe.readouts):
+            readout.weight.zero_()
+            readout.weight[:, j * vocab:(j + 1) * vocab] = 30 * torch.eye(vocab)
+            readout.bias.zero_()
+    right = torch.zeros(4, length, 2 * vocab)
+    for j, k in enumerate(offsets):
+        right[:, k:, j * vocab:(j + 1) * vocab] = F.one_hot(ids[:, :-k], vocab).float()
+    assert float(probe((None, right), ids, torch.Generator().manual_seed(1))) < 1e-6
+    swapped = torch.cat([right[..., vocab:], right[..., :vocab]], -1)  # each read-out sees the other offset's token
+    assert float(probe((None, swapped), ids, torch.Generator().manual_seed(1))) > 1.0
+    pairs = lambda seed: [t for _, _, t in probe._pairs((None, right), ids, torch.Generator().manual_seed(seed))]
+    assert all(torch.equal(x, y) for x, y in zip(pairs(7), pairs(7)))
+    assert [t.shape for t in pairs(7)] == [(4 * 5,)] * 2
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        PreviousTokenProbe(8, 8, (1,), 1, positions=-1)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be >= 1; got 0"),
     (["--lr", "nan"], "--lr must be in (0, 1]"),
@@ -151,6 +178,7 @@ def test_previous_token_probe_reads_what_is_there():
     (["--aux-prev-tokens", "1,x"], "--aux-prev-tokens '1,x': give comma-separated offsets"),
     (["--aux-prev-tokens", "1", "--aux-layer", "3"], "--aux-layer 3: the model has 2 blocks"),
     (["--aux-until", "1.5"], "--aux-until must be in [0, 1]; got 1.5"),
+    (["--aux-positions", "-1"], "--aux-positions must be >= 0 (0 = every position); got -1"),
 ])
 def test_bad_flags_fail_before_loading(tiny_model_dir, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -40,4 +40,4 @@ def sft_loss(model, input_ids: torch.Tensor, response_mask: torch.Tensor, mask_i
     ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(target)
     weight = keep / p_mask / response_mask.sum(-1, keepdim=True).clamp_min(1)
     loss = (ce * weight).sum() / input_ids.shape[0]
-    return loss if probe is None else (loss, probe(out.hidden_states, noisy))
+    return loss if probe is None else (loss, probe(out.hidden_states, noisy, generator))
