@@ -55,7 +55,8 @@ TASKS = ("copy2", "recall")
 MODELS = ("llada", "stock")
 N_KEYS, N_VALUES = 26, 90
 COPY_IDS = (100, 16)  # copy2 draws token ids from [100, vocab - 16)
-SEP_ID, FILL_ID = 90, 60  # recall's separator and filler ids (keys are 100-125, values 200-289)
+SEP_ID, FILL_ID = 90, 60  # recall's separator and filler ids
+KEY0, VALUE0 = 100, 200  # recall's keys are ids KEY0 .. KEY0 + 25, its values VALUE0 .. VALUE0 + 89
 
 
 def parse_args(argv=None):
@@ -132,8 +133,8 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
         target[:, 2:] = x[:, :-2]
         return x.to(device), target.to(device)
     asked = pairs if asked is None else asked
-    keys = torch.argsort(torch.rand(size, N_KEYS, generator=generator), dim=1)[:, :pairs] + 100
-    values = torch.randint(0, N_VALUES, (size, pairs), generator=generator) + 200
+    keys = torch.argsort(torch.rand(size, N_KEYS, generator=generator), dim=1)[:, :pairs] + KEY0
+    values = torch.randint(0, N_VALUES, (size, pairs), generator=generator) + VALUE0
     order = torch.argsort(torch.rand(size, pairs, generator=generator), dim=1)[:, :asked]
     seps = torch.full((size, pairs, sep), SEP_ID)
     context = torch.cat([keys[..., None], seps, values[..., None]], -1).flatten(1)
@@ -143,6 +144,18 @@ def make_batch(task: str, size: int, pairs: int, vocab: int, mask_id: int, gener
     answer = torch.zeros_like(x, dtype=torch.bool)
     answer[:, context.shape[1] + gap + 1 :: gap + 2] = True
     return x.masked_fill(answer, mask_id).to(device), torch.where(answer, x, -100).to(device)
+
+
+def list_values(x, vocab: int):
+    """Recall inputs ``x (B, L)`` -> ``(B, vocab)`` bool: which ids are values of each sequence's list (read from
+    the list itself, so every value counts whether or not its key is asked; masked answers are never values)."""
+    import torch
+
+    is_value = (x >= VALUE0) & (x < VALUE0 + N_VALUES)
+    out = torch.zeros(x.shape[0], vocab, dtype=torch.bool, device=x.device)
+    out.scatter_(1, torch.where(is_value, x, 0), True)
+    out[:, 0] = False  # id 0 (never a value) stood in for every other token
+    return out
 
 
 def build(name: str, config):
@@ -192,9 +205,7 @@ def train(name: str, task: str, a, config) -> list[dict]:
     layout = {"sep": a.sep, "gap": a.gap, "asked": a.asked or None}
     held_x, held_y = make_batch(task, 512, a.pairs, config.vocab_size, config.mask_token_id,
                                 torch.Generator().manual_seed(10_000 + a.seed), a.device, **layout)
-    in_list = torch.zeros(512, config.vocab_size, dtype=torch.bool, device=a.device)
-    in_list.scatter_(1, torch.where(held_y >= 0, held_y, 0), True)  # recall: each sequence's list values
-    in_list[:, 0] = False  # (id 0 stood in for the unscored positions)
+    in_list = list_values(held_x, config.vocab_size)
     curve, t0 = [], time.perf_counter()
     for step in range(1, a.steps + 1):
         for group in opt.param_groups:

@@ -65,6 +65,19 @@ def test_the_tiny_llada_shape_learns_a_positional_head(probe):
     assert curve[-1]["accuracy"] > 0.9, curve
 
 
+@pytest.mark.parametrize("asked", [None, 1])
+def test_in_list_marks_every_value_of_the_list_asked_or_not(probe, asked):
+    """The ``in list`` column's mask: exactly the values the list shows, also those whose key is not asked."""
+    seed = random.randrange(2**31)
+    pairs, sep = 5, 1
+    x, _ = probe.make_batch("recall", 32, pairs, 2474, 2464, torch.Generator().manual_seed(seed), sep=sep,
+                            asked=asked)
+    mask = probe.list_values(x, 2474)
+    for row, marked in zip(x.tolist(), mask):
+        values = set(row[1 + sep:pairs * (2 + sep):2 + sep])
+        assert set(torch.nonzero(marked).flatten().tolist()) == values, seed
+
+
 @pytest.mark.parametrize("argv,flag", [(["--pairs", "1"], "--pairs"), (["--gap", "40"], "--gap"),
                                        (["--asked", "5", "--pairs", "4"], "--asked"),
                                        (["--prev-offsets", "0,1"], "--prev-offsets"),
