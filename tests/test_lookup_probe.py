@@ -37,8 +37,8 @@ def test_recall_batch_answers_are_the_asked_keys_values(probe, pairs, sep, gap, 
     for row_x, row_y in zip(x.tolist(), y.tolist()):
         keys, values = row_x[0:ctx:2 + sep], row_x[1 + sep:ctx:2 + sep]
         assert all(row_x[i + 1 + j] == probe.SEP_ID for i in range(0, ctx, 2 + sep) for j in range(sep)), seed
-        assert len(set(keys)) == pairs and all(100 <= k < 126 for k in keys), seed
-        assert all(200 <= v < 290 for v in values), seed
+        assert len(set(keys)) == pairs and all(probe.KEY0 <= k < probe.KEY0 + probe.N_KEYS for k in keys), seed
+        assert all(probe.VALUE0 <= v < probe.VALUE0 + probe.N_VALUES for v in values), seed
         asked_keys = row_x[ctx::block]
         assert len(set(asked_keys)) == n_asked and set(asked_keys) <= set(keys), seed
         for b in range(ctx, len(row_x), block):

@@ -168,33 +168,25 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name")
     from ..process_group import leave_process_group
-
-    try:
-        return _run_configs(task, items, model, tokenizer, runs, stores, a, state)
-    finally:
-        leave_process_group()
-
-
-def _run_configs(task, items, model, tokenizer, runs, stores, a, state) -> list[dict]:
-    """Evaluate each configuration in turn (one model load); the summaries of rank 0."""
-    import torch
-
     from .runner import evaluate
 
     summaries = []
-    for settings, store in zip(runs, stores):
-        model.config.hybrid_exact_ratio = settings["exact_ratio"]
-        model.config.hybrid_chebyshev_degree = settings["chebyshev_degree"]
-        model.config.hybrid_exact_split = settings["exact_split"]
-        model.config.hybrid_fit = settings["fit"]
-        torch.manual_seed(settings["seed"])
-        summary = evaluate(task, items, model, tokenizer, settings, store, batch_size=a.batch_size,
-                           chat=settings["chat"], rank=state.process_index, world_size=state.num_processes,
-                           wait_for_everyone=state.wait_for_everyone, progress=not a.no_progress)
-        if summary is not None:
-            summaries.append(summary)
-            other = next(q for q in PARSERS if q != summary["answer_parser"])
-            print(f"{task.title} [{store.dir.name}]: accuracy {summary['accuracy']:.4f} +- {summary['stderr']:.4f} "
-                  f"(n={summary['n']}, unparsed {summary['unparsed']}; {other} parser "
-                  f"{summary['by_parser'][other]['accuracy']:.4f}) -> {store.dir / 'summary.json'}", flush=True)
+    try:
+        for settings, store in zip(runs, stores):
+            model.config.hybrid_exact_ratio = settings["exact_ratio"]
+            model.config.hybrid_chebyshev_degree = settings["chebyshev_degree"]
+            model.config.hybrid_exact_split = settings["exact_split"]
+            model.config.hybrid_fit = settings["fit"]
+            torch.manual_seed(settings["seed"])
+            summary = evaluate(task, items, model, tokenizer, settings, store, batch_size=a.batch_size,
+                               chat=settings["chat"], rank=state.process_index, world_size=state.num_processes,
+                               wait_for_everyone=state.wait_for_everyone, progress=not a.no_progress)
+            if summary is not None:
+                summaries.append(summary)
+                other = next(q for q in PARSERS if q != summary["answer_parser"])
+                print(f"{task.title} [{store.dir.name}]: accuracy {summary['accuracy']:.4f} +- "
+                      f"{summary['stderr']:.4f} (n={summary['n']}, unparsed {summary['unparsed']}; {other} parser "
+                      f"{summary['by_parser'][other]['accuracy']:.4f}) -> {store.dir / 'summary.json'}", flush=True)
+    finally:
+        leave_process_group()  # before interpreter shutdown (see support_basis/process_group.py)
     return summaries
