@@ -443,6 +443,9 @@ class LLaDABSEvalHarness(LM):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun with several processes
             from accelerate import Accelerator
 
+            from .process_group import import_before_joining
+
+            import_before_joining()  # before the group exists (see support_basis/process_group.py)
             on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
             self.accelerator = Accelerator(cpu=on_cpu)  # cpu=True: gloo process group (else: no group on CPU)
             if self.accelerator.num_processes < 2:

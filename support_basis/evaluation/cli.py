@@ -146,6 +146,9 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     import torch
     from accelerate import PartialState
 
+    from ..process_group import import_before_joining, leave_process_group
+
+    import_before_joining()  # before the group exists (see support_basis/process_group.py)
     # one process, or one of several under `accelerate launch --multi_gpu` / `torchrun`; without CUDA, accelerate
     # joins the processes (gloo) only when told it runs on CPU
     state = PartialState(cpu=a.device == "cpu" or not torch.cuda.is_available())
@@ -167,7 +170,6 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     from generate import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name")
-    from ..process_group import leave_process_group
     from .runner import evaluate
 
     summaries = []
