@@ -19,6 +19,10 @@ import sys
 def import_before_joining() -> None:
     """Import the torch modules that bind the world group at import time; call before creating the group
     (``Accelerator(...)``, ``PartialState(...)``, ``init_process_group``)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():  # a torch built without distributed support: no group will be created
+        return
     import torch.distributed.fsdp  # noqa: F401
     import torch.distributed.nn  # noqa: F401
 
