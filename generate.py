@@ -299,7 +299,8 @@ def _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale
     out = model(x, attention_mask=attention_mask, **kwargs)
     logits = out.logits if keep_logits else out.logits[:, keep]
     if fill:
-        kv = out.past_key_values
+        kv = getattr(out, "cache", None)  # transformers 5.x's name; `past_key_values` there is a warning
+        kv = out.past_key_values if kv is None else kv
     if cfg_scale > 0:
         cond, uncond = logits.chunk(2)
         logits = uncond + (cfg_scale + 1) * (cond - uncond)

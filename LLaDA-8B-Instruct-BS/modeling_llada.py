@@ -35,6 +35,9 @@ except ImportError:  # the same file imported from the repository root (through 
 
 __all__ = ["LLaDAModelLM", "LLaDAModel", "LLaDABlock", "LLaDAConfig"]
 
+# transformers 5.x names the output's cache field `cache` (its old name, `past_key_values`, still works but warns)
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class RMSNorm(nn.Module):
     """RMS layer norm computed in fp32, cast back, then scaled (as the official OLMo-style RMSLayerNorm)."""
@@ -312,8 +315,9 @@ class LLaDAModelLM(PreTrainedModel):
 
         Key/value cache (approximate, for diffusion sampling; a plain tuple, no transformers cache class):
 
-        - ``use_cache=True`` on a full sequence ``(B, T)`` also returns ``past_key_values``: one ``(key, value)``
-          per layer, each ``(B, n_kv_heads, T, head_dim)``, keys after RoPE.
+        - ``use_cache=True`` on a full sequence ``(B, T)`` also returns the cache (``out.cache`` on transformers
+          5.x, ``out.past_key_values`` on 4.x): one ``(key, value)`` per layer, each ``(B, n_kv_heads, T,
+          head_dim)``, keys after RoPE.
         - ``past_key_values=cache, cache_position=s`` with ``input_ids (B, L)`` computes only the window
           ``[s, s + L)`` of that length-``T`` sequence: the window's keys/values are computed afresh and replace
           the cached ones there; every other position attends with its cached keys/values (the cache is read,
@@ -344,7 +348,7 @@ class LLaDAModelLM(PreTrainedModel):
         )
         if return_dict is False:
             return (logits,) + tuple(o for o in (cache, hidden) if o is not None)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache, hidden_states=hidden)
+        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden, **{CACHE_FIELD: cache})
 
 
 def _check_cache(cache, cache_position, n_layers: int, shape) -> None:
