@@ -278,6 +278,13 @@ def model_device(model) -> torch.device:
     return device if device is not None else next(model.parameters()).device
 
 
+def returned_cache(out):
+    """The key/value cache a ``use_cache=True`` forward returned: ``out.cache`` on transformers 5.x (where the old
+    name, ``past_key_values``, still works but logs a deprecation warning), ``out.past_key_values`` elsewhere."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
 def _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale, start, end, keep_logits,
                   fill=False, window=None, kv=None):
     """Logits of the current block ``(B, end - start, V)``, classifier-free guided when ``cfg_scale > 0``, and
@@ -299,8 +306,7 @@ def _block_logits(model, x, attention_mask, prompt_positions, mask_id, cfg_scale
     out = model(x, attention_mask=attention_mask, **kwargs)
     logits = out.logits if keep_logits else out.logits[:, keep]
     if fill:
-        kv = getattr(out, "cache", None)  # transformers 5.x's name; `past_key_values` there is a warning
-        kv = out.past_key_values if kv is None else kv
+        kv = returned_cache(out)
     if cfg_scale > 0:
         cond, uncond = logits.chunk(2)
         logits = uncond + (cfg_scale + 1) * (cond - uncond)

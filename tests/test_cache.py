@@ -11,10 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
-def cache_of(out):
-    """The cache a ``use_cache=True`` forward returned (``cache`` on transformers 5.x, ``past_key_values`` on 4.x)."""
-    return out["cache"] if "cache" in out else out["past_key_values"]
+from generate import returned_cache
 
 
 @pytest.fixture
@@ -70,7 +67,7 @@ def test_window_with_stale_cache_matches_float64_contract(exact_model, rng, star
     old = torch.randint(0, 400, (1, 24), generator=rng)
     new = old.clone()
     new[:, start:end] = torch.randint(0, 400, (1, end - start), generator=rng)  # the window changed since
-    cache = cache_of(exact_model(old, use_cache=True))
+    cache = returned_cache(exact_model(old, use_cache=True))
     got = exact_model(new[:, start:end], past_key_values=cache, cache_position=start).logits
     ref = reference_window_logits(exact_model, old, new, start, end)
     assert float((got.double() - ref).norm() / ref.norm()) < 1e-5
@@ -90,20 +87,20 @@ def test_unchanged_sequence_window_equals_full_forward_padded(tiny_model_dir, rn
     mask[1, :6] = 0
     mask[2, :11] = 0
     full = model(ids, attention_mask=mask, use_cache=True)
-    assert len(cache_of(full)) == model.config.n_layers
-    assert cache_of(full)[0][0].shape == (3, model.config.effective_n_kv_heads, 26, 16)
-    assert cache_of(full)[0][0].dtype == dtype
+    assert len(returned_cache(full)) == model.config.n_layers
+    assert returned_cache(full)[0][0].shape == (3, model.config.effective_n_kv_heads, 26, 16)
+    assert returned_cache(full)[0][0].dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for start, end, keep in ((14, 20, None), (14, 26, slice(0, 6)), (20, 26, 6)):
-        out = model(ids[:, start:end], attention_mask=mask, past_key_values=cache_of(full),
+        out = model(ids[:, start:end], attention_mask=mask, past_key_values=returned_cache(full),
                     cache_position=start, logits_to_keep=keep).logits.float()
         want = full.logits[:, start : start + out.shape[1]].float()
         assert float((out - want).norm() / want.norm()) < tol
     # a padded row's window equals the same sequence alone (padding never reaches attention)
     alone = ids[2:3, 11:]
-    cache = cache_of(model(alone, use_cache=True))
+    cache = returned_cache(model(alone, use_cache=True))
     solo = model(alone[:, 9:15], past_key_values=cache, cache_position=9).logits.float()
-    batched = model(ids[:, 20:26], attention_mask=mask, past_key_values=cache_of(full),
+    batched = model(ids[:, 20:26], attention_mask=mask, past_key_values=returned_cache(full),
                     cache_position=20).logits[2:3].float()
     assert float((solo - batched).norm() / solo.norm()) < tol
 
@@ -115,7 +112,7 @@ def test_hybrid_window_is_close_to_full_forward(tiny_model, rng):
     mask = torch.ones(2, 40, dtype=torch.long)
     mask[0, :5] = 0
     full = tiny_model(ids, attention_mask=mask, use_cache=True)
-    out = tiny_model(ids[:, 24:32], attention_mask=mask, past_key_values=cache_of(full),
+    out = tiny_model(ids[:, 24:32], attention_mask=mask, past_key_values=returned_cache(full),
                      cache_position=24).logits
     want = full.logits[:, 24:32]
     err = float((out - want).norm() / want.norm())
@@ -124,7 +121,7 @@ def test_hybrid_window_is_close_to_full_forward(tiny_model, rng):
 
 def test_cache_errors(tiny_model, rng):
     ids = torch.randint(0, 400, (2, 12), generator=rng)
-    cache = cache_of(tiny_model(ids, use_cache=True))
+    cache = returned_cache(tiny_model(ids, use_cache=True))
     with pytest.raises(ValueError, match="do not pass past_key_values"):
         tiny_model(ids, use_cache=True, past_key_values=cache, cache_position=0)
     with pytest.raises(ValueError, match="needs past_key_values"):
@@ -152,8 +149,8 @@ def test_no_deprecated_cache_name_on_any_transformers(tiny_model, rng, monkeypat
     monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: said.append(str(msg)))
     ids = torch.randint(0, 400, (2, 12), generator=rng)
     out = tiny_model(ids, use_cache=True)
-    tiny_model(ids[:, 4:8], past_key_values=cache_of(out), cache_position=4)
+    tiny_model(ids[:, 4:8], past_key_values=returned_cache(out), cache_position=4)
     generate(tiny_model, ids[:, :6], steps=4, gen_length=8, block_length=4, mask_id=tiny_model.config.mask_token_id,
              cache="dual")
     assert not [m for m in said if "deprecated" in m], said
-    assert len(cache_of(out)) == tiny_model.config.n_layers
+    assert len(returned_cache(out)) == tiny_model.config.n_layers

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from conftest import REPO
+from generate import returned_cache
 
 MODEL_DIR = REPO / "LLaDA-8B-Instruct-BS"
 
@@ -235,7 +236,7 @@ def test_forward_options(tiny_model, rng):
     four_d = torch.ones(2, 1, 12, 12, dtype=torch.bool)
     assert torch.allclose(tiny_model(ids, attention_mask=four_d).logits, out.logits, atol=1e-6)
     cached = tiny_model(ids, use_cache=True)  # the diffusion key/value cache: tests/test_cache.py
-    assert torch.equal(cached.logits, out.logits) and len(cached["cache"] if "cache" in cached else cached["past_key_values"]) == tiny_model.config.n_layers
+    assert torch.equal(cached.logits, out.logits) and len(returned_cache(cached)) == tiny_model.config.n_layers
     with pytest.raises(ValueError, match="cache_position needs past_key_values"):
         tiny_model(ids, cache_position=2)
     with pytest.raises(ValueError, match="max_sequence_length"):
