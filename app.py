@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     a = parse_args(argv)
 
-    from generate import load_model_and_tokenizer
+    from support_basis.loading import load_model_and_tokenizer
     from support_basis.demo.session import Demo
     from support_basis.demo.shared_model import SharedModel
     from support_basis.demo.ui import build_page, launch

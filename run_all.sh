@@ -17,6 +17,7 @@
 #   --cache MODE       fast sampler's key/value cache: none | prefix | dual   (CACHE, default none)
 #   --threshold T      reveal every position with confidence >= T per step   (THRESHOLD, default off)
 #   --factor F         adaptive parallel decoding factor                       (FACTOR, default off)
+#   --kernel K         hybrid_kernel: auto | native | compiled | eager         (KERNEL, default: the model's)
 #   -- ARGS...         anything after -- goes to every runner (e.g. -- --steps 16)
 # Each run resumes where it stopped; a finished run is skipped in seconds.
 set -euo pipefail
@@ -34,6 +35,7 @@ DTYPE=${DTYPE:-float32}
 CACHE=${CACHE:-none}
 THRESHOLD=${THRESHOLD:-}
 FACTOR=${FACTOR:-}
+KERNEL=${KERNEL:-}
 EXACT=1
 SMOKE=0
 EXTRA=()
@@ -43,7 +45,7 @@ die() { echo "run_all.sh: error: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in  # an option that takes a value needs one (add new ones here)
-        --model|--tasks|--ratios|--degrees|--limit|--out|--data-dir|--batch-size|--dtype|--cache|--threshold|--factor)
+        --model|--tasks|--ratios|--degrees|--limit|--out|--data-dir|--batch-size|--dtype|--cache|--threshold|--factor|--kernel)
             { [ $# -ge 2 ] && [[ "$2" != --* ]]; } || die "$1 needs a value (see --help)" ;;
     esac
     case "$1" in
@@ -60,9 +62,10 @@ while [ $# -gt 0 ]; do
         --cache) CACHE=$2; shift 2 ;;
         --threshold) THRESHOLD=$2; shift 2 ;;
         --factor) FACTOR=$2; shift 2 ;;
+        --kernel) KERNEL=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -88,7 +91,7 @@ if [ "$SMOKE" = 1 ]; then
     MODEL=checkpoints/llada-tiny
     DATA_DIR="$OUT/synthetic-heldout"
     LIMIT=${LIMIT:-20}
-    export HYBRID_ATTENTION_COMPILE=${HYBRID_ATTENTION_COMPILE:-0} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
     [ -f "$DATA_DIR/arc_challenge.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
 fi
 
@@ -98,6 +101,7 @@ common=(--model_name "$MODEL" --out_dir "$OUT" --batch_size "$BATCH_SIZE" --dtyp
 common+=(--cache "$CACHE")  # the runners check these three (and name the flag) before loading the model
 [ -n "$THRESHOLD" ] && common+=(--threshold "$THRESHOLD")
 [ -n "$FACTOR" ] && common+=(--factor "$FACTOR")
+[ -n "$KERNEL" ] && common+=(--kernel "$KERNEL")
 
 for task in $TASKS; do  # one process per task: the model is loaded once for all its configurations
     "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}"

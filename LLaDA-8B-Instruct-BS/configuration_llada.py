@@ -9,35 +9,97 @@ loads unchanged; the hybrid-attention fields are added:
     hybrid_exact_split       float in [0, 1]   share of the exact budget given to the largest scores (0.5 = paper)
     hybrid_fit               str               "chebyshev" (paper: uniform on the interval) or "empirical" (on the
                                                head's own scores); see hybrid_attention
+    hybrid_kernel            str               what computes the weights: "auto" (default), "native", "compiled",
+                                               "eager" (same definition; see KERNELS)
 
 They are validated when the config is built (at load) and whenever they are set later, and the model reads them
-at every forward: ``model.config.hybrid_chebyshev_degree = 4`` changes the next forward.
+at every forward: ``model.config.hybrid_chebyshev_degree = 4`` changes the next forward. Their defaults and
+validators live here, once; the op (``hybrid_attention.py``) and the command lines import them.
 """
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
-try:  # remote code: transformers copies the sibling files named in these relative imports
-    from .hybrid_attention import (
-        DEFAULT_EXACT_SPLIT,
-        DEFAULT_FIT,
-        DEFAULT_NUM_SAMPLES,
-        validate_chebyshev_degree,
-        validate_exact_ratio,
-        validate_exact_split,
-        validate_fit,
-        validate_num_samples,
-    )
-except ImportError:  # the same file imported from the repository root (through its symlinks)
-    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
+# ----------------------------------------------------------------------------------------------------------------
+# The hybrid-attention knobs: defaults and the one validator of each (the op, the model and every command line
+# import them from here, so a bad value is reported the same way wherever it enters)
+# ----------------------------------------------------------------------------------------------------------------
 
-    _op = importlib.import_module("hybrid_attention")
-    DEFAULT_NUM_SAMPLES = _op.DEFAULT_NUM_SAMPLES
-    validate_chebyshev_degree, validate_exact_ratio = _op.validate_chebyshev_degree, _op.validate_exact_ratio
-    validate_num_samples = _op.validate_num_samples
-    DEFAULT_EXACT_SPLIT, DEFAULT_FIT = _op.DEFAULT_EXACT_SPLIT, _op.DEFAULT_FIT
-    validate_exact_split, validate_fit = _op.validate_exact_split, _op.validate_fit
+DEFAULT_NUM_SAMPLES = 8192
+"""Scores sampled per (batch, head) to place the thresholds; a valid grid this small is enumerated exactly."""
+
+DEFAULT_EXACT_SPLIT = 0.5
+"""Share of the exact budget given to the largest scores (the paper splits it evenly)."""
+
+FITS = ("chebyshev", "empirical")
+"""``chebyshev``: least squares on Chebyshev nodes of the interval (the paper). ``empirical``: least squares on
+the head's own (sampled) approximated scores, i.e. weighted by where the scores lie (see ``hybrid_attention``)."""
+
+DEFAULT_FIT = "chebyshev"
+
+MAX_CHEBYSHEV_DEGREE = 1024
+"""Largest accepted degree: the fit's tables grow with the square of the degree (64 MB at 1024)."""
+
+KERNELS = ("auto", "native", "compiled", "eager")
+"""What computes the attention weights (same definition, same results up to rounding; see ``hybrid_attention``):
+``auto`` picks per call (the native C kernel on a CPU for fp32 without autograd, ``torch.compile`` on CUDA, else
+eager); ``native`` the C kernel (CPU, fp32, no autograd); ``compiled`` ``torch.compile`` of the torch kernel;
+``eager`` plain torch (any device and dtype, autograd)."""
+
+DEFAULT_KERNEL = "auto"
+
+
+def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
+    """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number in [0, 1] (1.0 means exact attention); got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (1.0 means exact attention); got {value!r}")
+    return float(value)
+
+
+def validate_chebyshev_degree(value, name: str = "hybrid_chebyshev_degree") -> int:
+    """Return ``value`` as an int in [1, MAX_CHEBYSHEV_DEGREE] or raise ``ValueError`` naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHEBYSHEV_DEGREE:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_CHEBYSHEV_DEGREE}]; got {value!r}")
+    return int(value)
+
+
+def validate_num_samples(value, name: str = "hybrid_num_samples") -> int:
+    """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return int(value)
+
+
+def validate_exact_split(value, name: str = "hybrid_exact_split") -> float:
+    """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number in [0, 1] (share of the exact budget given to the largest "
+                         f"scores; 0.5 = the paper); got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (share of the exact budget given to the largest scores; "
+                         f"0.5 = the paper); got {value!r}")
+    return float(value)
+
+
+def validate_fit(value, name: str = "hybrid_fit") -> str:
+    """Return ``value`` if it is one of ``FITS`` or raise ``ValueError`` naming ``name``, the value and the choices."""
+    if not isinstance(value, str) or value not in FITS:
+        raise ValueError(f"{name} must be one of {', '.join(FITS)} (chebyshev = the paper); got {value!r}")
+    return value
+
+
+def validate_kernel(value, name: str = "hybrid_kernel") -> str:
+    """Return ``value`` if it is one of ``KERNELS`` or raise ``ValueError`` naming ``name``, the value and the
+    choices."""
+    if not isinstance(value, str) or value not in KERNELS:
+        raise ValueError(f"{name} must be one of {', '.join(KERNELS)} (auto = the fastest this device supports); "
+                         f"got {value!r}")
+    return value
 
 
 _HYBRID_VALIDATORS = {
@@ -46,6 +108,7 @@ _HYBRID_VALIDATORS = {
     "hybrid_num_samples": validate_num_samples,
     "hybrid_exact_split": validate_exact_split,
     "hybrid_fit": validate_fit,
+    "hybrid_kernel": validate_kernel,
 }
 _INTEGER_FIELDS = ("hybrid_chebyshev_degree", "hybrid_num_samples")
 
@@ -114,6 +177,7 @@ class LLaDAConfig(PretrainedConfig):
         hybrid_num_samples: int = DEFAULT_NUM_SAMPLES,
         hybrid_exact_split: float = DEFAULT_EXACT_SPLIT,
         hybrid_fit: str = DEFAULT_FIT,
+        hybrid_kernel: str = DEFAULT_KERNEL,
         **kwargs,
     ):
         self.d_model = d_model
@@ -152,6 +216,7 @@ class LLaDAConfig(PretrainedConfig):
         self.hybrid_num_samples = hybrid_num_samples
         self.hybrid_exact_split = hybrid_exact_split
         self.hybrid_fit = hybrid_fit
+        self.hybrid_kernel = hybrid_kernel
         kwargs.setdefault("tie_word_embeddings", weight_tying)
         super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id, **kwargs)
         self._check_architecture()

@@ -1,68 +1,85 @@
-"""Support-basis hybrid attention (Aliakbarpour, Braverman, Yin, Zhang; arXiv 2510.01643).
+"""Support-basis hybrid attention (Aliakbarpour, Braverman, Yin, Zhang; arXiv 2510.01643): the op.
 
 Softmax attention whose largest and smallest scores are weighted exactly with ``exp`` and whose dense middle is
-weighted by a low-degree Chebyshev approximation of ``exp``. Torch, plus an optional native CPU kernel built from
-the C source in this file; no transformers import: this file ships inside the self-contained
-``LLaDA-8B-Instruct-BS`` model directory and is the one op used by the model, by the transformers attention
-backend and by the benchmarks.
+weighted by a low-degree Chebyshev approximation of ``exp``. This file holds the contract (``hybrid_attention``'s
+docstring), the dispatch to a kernel, the chunking with its workspace, the thresholds and the torch kernel; its
+siblings hold the knobs (``configuration_llada``), the fit of ``exp`` (``hybrid_fit``) and the native CPU kernel
+(``hybrid_native``). It ships inside the self-contained ``LLaDA-8B-Instruct-BS`` model directory and is the one op
+used by the model, by the transformers attention backend and by the benchmarks; the float64 reference the tests
+hold it to is ``support_basis.reference``.
 
-Contents
-    hybrid_attention            the fast op (chunked, sync-free, bounded memory)
-    hybrid_thresholds           the per-head thresholds the fast op uses (for tests and analysis)
-    hybrid_attention_reference  a dense float64 mirror of the math, for tests
-    validate_*                  the knob checks shared with the model config and the command lines
+    hybrid_attention     the op (chunked, sync-free, bounded memory), kernel chosen by ``kernel=``
+    hybrid_thresholds    the per-head thresholds the op uses (for tests and analysis)
+    select_kernel        which kernel ``kernel="auto"`` (or a named one) runs for given inputs
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, see _compiled_kernel)
 import torch.nn.functional as F
 
+try:  # remote code, or the support_basis.llada package: transformers copies the siblings named here
+    from .configuration_llada import (
+        DEFAULT_EXACT_SPLIT,
+        DEFAULT_FIT,
+        DEFAULT_KERNEL,
+        DEFAULT_NUM_SAMPLES,
+        FITS,
+        KERNELS,
+        MAX_CHEBYSHEV_DEGREE,
+        validate_chebyshev_degree,
+        validate_exact_ratio,
+        validate_exact_split,
+        validate_fit,
+        validate_kernel,
+        validate_num_samples,
+    )
+    from .hybrid_fit import HORNER_MAX_DEGREE, evaluation_coefficients, fit_chebyshev, fit_empirical
+    from .hybrid_native import native_attention, native_error, native_library, native_thresholds
+except ImportError:  # the same file imported from the repository root (through its symlinks)
+    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
+
+    _config = importlib.import_module("configuration_llada")
+    DEFAULT_EXACT_SPLIT, DEFAULT_FIT, DEFAULT_KERNEL = (
+        _config.DEFAULT_EXACT_SPLIT, _config.DEFAULT_FIT, _config.DEFAULT_KERNEL)
+    DEFAULT_NUM_SAMPLES, FITS, KERNELS = _config.DEFAULT_NUM_SAMPLES, _config.FITS, _config.KERNELS
+    MAX_CHEBYSHEV_DEGREE = _config.MAX_CHEBYSHEV_DEGREE
+    validate_chebyshev_degree, validate_exact_ratio = _config.validate_chebyshev_degree, _config.validate_exact_ratio
+    validate_exact_split, validate_fit = _config.validate_exact_split, _config.validate_fit
+    validate_kernel, validate_num_samples = _config.validate_kernel, _config.validate_num_samples
+    _fit = importlib.import_module("hybrid_fit")
+    HORNER_MAX_DEGREE, evaluation_coefficients = _fit.HORNER_MAX_DEGREE, _fit.evaluation_coefficients
+    fit_chebyshev, fit_empirical = _fit.fit_chebyshev, _fit.fit_empirical
+    _native = importlib.import_module("hybrid_native")
+    native_attention, native_library = _native.native_attention, _native.native_library
+    native_error, native_thresholds = _native.native_error, _native.native_thresholds
+
 __all__ = [
     "hybrid_attention",
     "hybrid_thresholds",
-    "hybrid_attention_reference",
+    "select_kernel",
     "validate_exact_ratio",
     "validate_chebyshev_degree",
     "validate_num_samples",
     "validate_exact_split",
     "validate_fit",
+    "validate_kernel",
     "DEFAULT_NUM_SAMPLES",
     "DEFAULT_EXACT_SPLIT",
     "DEFAULT_FIT",
+    "DEFAULT_KERNEL",
     "FITS",
+    "KERNELS",
     "MAX_CHEBYSHEV_DEGREE",
     "MASKED_BIAS",
 ]
 
-DEFAULT_NUM_SAMPLES = 8192
-"""Scores sampled per (batch, head) to place the thresholds; a valid grid this small is enumerated exactly."""
-
-DEFAULT_EXACT_SPLIT = 0.5
-"""Share of the exact budget given to the largest scores (the paper splits it evenly)."""
-
-FITS = ("chebyshev", "empirical")
-"""``chebyshev``: least squares on Chebyshev nodes of the interval (the paper). ``empirical``: least squares on
-the head's own (sampled) approximated scores, i.e. weighted by where the scores lie (see ``hybrid_attention``)."""
-
-DEFAULT_FIT = "chebyshev"
-
-MAX_CHEBYSHEV_DEGREE = 1024
-"""Largest accepted degree: the fit's tables grow with the square of the degree (64 MB at 1024)."""
 
 MASKED_BIAS = -1e30
 """An additive float bias at or below this value masks its pair (covers ``-inf`` and ``torch.finfo(dtype).min``)."""
@@ -84,164 +101,6 @@ _BUDGETS = {
 _ROW_SCALE_CAP = 60.0  # exp(60) * |p| * n stays finite in fp32 for any n < 1e10
 _WEIGHT_FLOOR = 1e-30  # positive floor of polynomial weights: a row whose polynomial is <= 0 everywhere stays defined
 _INTERVAL_PAD = 1e-5  # relative padding of the interval's half-width (see _interval)
-_FIT_NODES = 64  # Chebyshev nodes of the least-squares fit (more than enough for any usable degree)
-_FIT_PRIOR = 1e-6  # weight of the Chebyshev-norm term that keeps the empirical fit well posed (see _fit_empirical)
-# Degrees up to this are evaluated with Horner's rule in the monomial basis of t in [-1, 1] (one fused multiply-add
-# per degree; monomial coefficients of a Chebyshev series grow like 2.4^g, which costs accuracy from degree ~10
-# and overflows fp32 from ~140); above it, with Clenshaw's recurrence in the Chebyshev basis (stable at any degree).
-_HORNER_MAX_DEGREE = 8
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Argument checks (shared with the model config so every entry point reports a bad knob the same way)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
-    """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1] (1.0 means exact attention); got {value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (1.0 means exact attention); got {value!r}")
-    return float(value)
-
-
-def validate_chebyshev_degree(value, name: str = "hybrid_chebyshev_degree") -> int:
-    """Return ``value`` as an int in [1, MAX_CHEBYSHEV_DEGREE] or raise ``ValueError`` naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHEBYSHEV_DEGREE:
-        raise ValueError(f"{name} must be an integer in [1, {MAX_CHEBYSHEV_DEGREE}]; got {value!r}")
-    return int(value)
-
-
-def validate_num_samples(value, name: str = "hybrid_num_samples") -> int:
-    """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
-
-
-def validate_exact_split(value, name: str = "hybrid_exact_split") -> float:
-    """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1] (share of the exact budget given to the largest "
-                         f"scores; 0.5 = the paper); got {value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (share of the exact budget given to the largest scores; "
-                         f"0.5 = the paper); got {value!r}")
-    return float(value)
-
-
-def validate_fit(value, name: str = "hybrid_fit") -> str:
-    """Return ``value`` if it is one of ``FITS`` or raise ``ValueError`` naming ``name``, the value and the choices."""
-    if not isinstance(value, str) or value not in FITS:
-        raise ValueError(f"{name} must be one of {', '.join(FITS)} (chebyshev = the paper); got {value!r}")
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fit of exp on one head's interval
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=None)
-def _chebyshev_tables(degree: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 tables for a degree-``degree`` fit on ``max(_FIT_NODES, 2 (g+1))`` Chebyshev nodes.
-
-    Returns ``nodes (N,)`` and ``analysis (N, g+1)`` with ``c = f(nodes) @ analysis`` the least-squares Chebyshev
-    coefficients (the basis is discretely orthogonal on these nodes, so the normal equations are diagonal).
-    """
-    n = max(_FIT_NODES, 2 * (degree + 1))
-    nodes = torch.cos(math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n)
-    basis = torch.cos(torch.arange(degree + 1, dtype=torch.float64)[None, :] * torch.arccos(nodes)[:, None])
-    analysis = basis * (2.0 / n)
-    analysis[:, 0] *= 0.5
-    return nodes.to(device), analysis.to(device)
-
-
-@lru_cache(maxsize=None)
-def _to_monomial(degree: int, device: torch.device) -> torch.Tensor:
-    """``M (g+1, g+1)`` float64 with ``a = c @ M`` the monomial coefficients of the Chebyshev series ``c``."""
-    m = torch.zeros(degree + 1, degree + 1, dtype=torch.float64)
-    m[0, 0] = 1.0
-    if degree >= 1:
-        m[1, 1] = 1.0
-    for k in range(2, degree + 1):  # T_k = 2 t T_{k-1} - T_{k-2}
-        m[k, 1:] = 2.0 * m[k - 1, :-1]
-        m[k] -= m[k - 2]
-    return m.to(device)
-
-
-def _fit_chebyshev(half: torch.Tensor, degree: int) -> torch.Tensor:
-    """Chebyshev coefficients ``c (..., g+1)`` (float64) of the least-squares fit of ``exp(half * (t - 1))`` on
-    Chebyshev nodes of [-1, 1]: with ``s = mid + half * t``, the paper's fit of ``exp(s - hi)`` on ``[lo, hi]``
-    (the shape of ``exp`` on an interval depends only on its width, so ``half (...)`` alone fixes it)."""
-    nodes, analysis = _chebyshev_tables(degree, half.device)
-    return _small_matmul(torch.exp(half.double()[..., None] * (nodes - 1.0)), analysis)
-
-
-def _small_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a (..., n) @ b (n, k)`` for the fit's small matrices, as one elementwise product and sum. On a CPU a BLAS
-    call this small still enters a multi-threaded region, and on a machine whose other cores are busy each such
-    region can wait a whole scheduler time slice (measured: ~15 ms per call, more than the op) for its threads."""
-    return (a[..., :, None] * b).sum(-2)
-
-
-def _chebyshev_norms(degree: int, device) -> torch.Tensor:
-    """``<T_k, T_k>`` of the Chebyshev-weighted inner product on [-1, 1]: 1, 1/2, 1/2, ..."""
-    d = torch.full((degree + 1,), 0.5, dtype=torch.float64, device=device)
-    d[0] = 1.0
-    return d
-
-
-def _fit_empirical(half: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, degree: int) -> torch.Tensor:
-    """Chebyshev coefficients ``c (P, g+1)`` of the least-squares fit of ``exp(half (t - 1))`` on the points ``t``.
-
-    ``t (P, M)`` are a head's (sampled) approximated scores mapped to [-1, 1] and ``weight (P, M)`` their 0/1
-    weights. Minimises ``mean_m w_m (p(t_m) - f(t_m))^2 + _FIT_PRIOR * ||p - f||_T^2`` with ``||.||_T`` the
-    Chebyshev-weighted L2 norm on [-1, 1] (whose minimiser alone is the paper's fit): the small second term keeps
-    the problem well posed where the points do not determine every coefficient (few or clustered points), and
-    leaves the fit the paper's where a head has no approximated score. The normal equations come from the
-    moments ``mean w T_k(t)``, ``k <= 2g`` (``T_i T_j = (T_{i+j} + T_{|i-j|}) / 2``), solved in float64 on the
-    device without a host synchronisation.
-    """
-    half = half.double()
-    t, w = t.double(), weight.double()
-    w = w / w.sum(-1, keepdim=True).clamp_min(1.0)
-    y = torch.exp(half[:, None] * (t - 1.0))
-    moments, rhs = [w.sum(-1)], [(w * y).sum(-1)]
-    t_prev, t_cur = torch.ones_like(t), t
-    for k in range(1, 2 * degree + 1):
-        moments.append((w * t_cur).sum(-1))
-        if k <= degree:
-            rhs.append((w * y * t_cur).sum(-1))
-        t_prev, t_cur = t_cur, 2.0 * t * t_cur - t_prev
-    mu = torch.stack(moments, -1)
-    i = torch.arange(degree + 1, device=t.device)
-    gram = 0.5 * (mu[:, i[:, None] + i[None, :]] + mu[:, (i[:, None] - i[None, :]).abs()])
-    norms = _chebyshev_norms(degree, t.device)
-    uniform = _fit_chebyshev(half, degree)
-    gram = gram + torch.diag(_FIT_PRIOR * norms)
-    b = torch.stack(rhs, -1) + _FIT_PRIOR * norms * uniform
-    # The system is symmetric positive definite (a Gram matrix plus a positive prior): Cholesky, which reports a
-    # failure (extreme scores: non-finite or numerically singular moments) in ``info`` instead of raising as LU
-    # does. Those heads solve an identity system and fall back to the paper's fit below.
-    eye = torch.eye(degree + 1, dtype=gram.dtype, device=gram.device)
-    finite = torch.isfinite(gram).all(-1).all(-1) & torch.isfinite(b).all(-1)
-    factor, info = torch.linalg.cholesky_ex(torch.where(finite[:, None, None], gram, eye))
-    ok = finite & (info == 0)
-    factor = torch.where(ok[:, None, None], factor, eye)
-    c = torch.cholesky_solve(torch.where(ok[:, None], b, uniform)[..., None], factor)[..., 0]
-    return torch.where(ok[:, None] & torch.isfinite(c).all(-1, keepdim=True), c, uniform)
-
-
-def _evaluation_coefficients(c: torch.Tensor, degree: int) -> torch.Tensor:
-    """The coefficients the weight kernels evaluate: monomial (Horner) up to ``_HORNER_MAX_DEGREE``, else ``c``."""
-    return _small_matmul(c, _to_monomial(degree, c.device)) if degree <= _HORNER_MAX_DEGREE else c
-
-
-def _exp_monomial_coefficients(half: torch.Tensor, degree: int) -> torch.Tensor:
-    """Monomial coefficients ``a (..., g+1)`` with ``sum_k a_k t^k ~= exp(half * (t - 1))`` (the paper's fit)."""
-    return (_fit_chebyshev(half, degree) @ _to_monomial(degree, half.device)).to(half.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,13 +222,17 @@ class _SamplePlan:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit):
+def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit,
+                  kernel=DEFAULT_KERNEL):
+    """The op's argument checks: scalar knobs through their one validator each (``configuration_llada``), then
+    shapes. A few microseconds per call, nothing that reads a tensor's data."""
     if isinstance(exact_ratio, bool) or not isinstance(exact_ratio, (int, float)) or not exact_ratio >= 0:
         raise ValueError(f"exact_ratio must be a number >= 0 (>= 1 means exact attention); got {exact_ratio!r}")
     validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
     validate_num_samples(num_samples, "num_samples")
     validate_exact_split(exact_split, "exact_split")
     validate_fit(fit, "fit")
+    validate_kernel(kernel, "kernel")
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         raise ValueError(
             "query, key and value must be 4-D (B, H, L, D); got shapes "
@@ -397,6 +260,7 @@ def hybrid_attention(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     exact_split: float = DEFAULT_EXACT_SPLIT,
     fit: str = DEFAULT_FIT,
+    kernel: str = DEFAULT_KERNEL,
 ) -> torch.Tensor:
     """Support-basis hybrid softmax attention.
 
@@ -443,12 +307,15 @@ def hybrid_attention(
     - memory: fp32 scores are materialised for a chunk of (batch, head) pairs at a time (64 MB on CPU, kept
       between calls per thread; 1 GB on GPU; at least one head: 256 MB at Lq = Lk = 8192), never as a full
       ``(B, H, Lq, Lk)`` tensor.
-    - speed: the weights are computed by one of three kernels with the same definition (see ``_kernel``):
-      a native C kernel on CPU (built on first use with the system C compiler in about a second and cached:
-      one pass over the scores, row by row), a ``torch.compile``-d kernel (Triton on GPU by default; C++ on CPU
-      with ``HYBRID_ATTENTION_COMPILE=1``), or eager torch (``HYBRID_ATTENTION_COMPILE=0``, autograd, float64).
+    - speed: ``kernel`` names what computes the weights; every kernel has the same definition (the torch kernel,
+      ``_block_attention``) and is held to the float64 reference by the same tests. ``"native"``: a C kernel
+      (CPU, fp32 scores, no autograd; built on first use with the system C compiler in about a second and cached:
+      one pass over the scores, row by row); ``"compiled"``: ``torch.compile`` of the torch kernel (Triton on a
+      GPU, C++ on a CPU: 20-40 s to build per process); ``"eager"``: plain torch (any device, float64,
+      autograd). ``"auto"`` (default) picks per call, see ``select_kernel``. A named kernel that cannot run on the
+      inputs raises ``ValueError`` saying why.
     """
-    _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit)
+    _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit, kernel)
     b, h, lq, d = query.shape
     lk = key.shape[2]
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
@@ -459,7 +326,7 @@ def hybrid_attention(
     mask, plan = _setup(query, key, attention_mask, num_samples)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     track = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    kernel = _kernel(query.device, _compute_dtype(query), track)
+    kernel = select_kernel(kernel, query.device, _compute_dtype(query), track)
     out_pairs = out.view(b * h, lq, -1)
     values_pairs = value.flatten(0, 1)
     for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale, kernel):
@@ -471,7 +338,8 @@ def hybrid_attention(
         values = (values_pairs[pairs] if key.shape[1] == h else values_pairs.index_select(0, kv_pairs))
         values = values.to(scores.dtype)
         if kernel == "native":
-            _native_attention(scores, values, *poly, chebyshev_degree, out_pairs[pairs])
+            native_attention(scores, values, *poly, chebyshev_degree, chebyshev_degree > HORNER_MAX_DEGREE,
+                             out_pairs[pairs])
             continue
         block = _compiled_kernel() if kernel == "compiled" else _block_attention
         hc, _, lk = scores.shape
@@ -627,7 +495,7 @@ def _chunk_thresholds(scores, flat, take, exact_ratio, exact_split, need_sample,
         hi = scores.amax(dim=(1, 2))
         lo = scores.masked_fill(scores == -math.inf, math.inf).amin(dim=(1, 2))
     elif native:
-        lo, hi = _native_thresholds(scores, flat, take, q_lo, q_hi)
+        lo, hi = native_thresholds(scores, flat, take, q_lo, q_hi)
     elif take is None:
         # no mask: all M samples count, the ranks are plain ints and quickselect is cheapest
         n = sample.shape[-1]
@@ -678,10 +546,10 @@ def _polynomial(lo, hi, degree: int, dtype, fit: str = DEFAULT_FIT, sample=None,
     if fit == "empirical":
         t = (sample.double() - mid.double()[:, None]) / half.double()[:, None]
         inside = t.abs() <= 1.0
-        c = _fit_empirical(half, t.clamp(-1.0, 1.0), inside if taken is None else inside & taken, degree)
+        c = fit_empirical(half, t.clamp(-1.0, 1.0), inside if taken is None else inside & taken, degree)
     else:
-        c = _fit_chebyshev(half, degree)
-    coef = _evaluation_coefficients(c, degree).to(dtype)
+        c = fit_chebyshev(half, degree)
+    coef = evaluation_coefficients(c, degree).to(dtype)
     alpha = (1.0 / half).view(hc, 1, 1)
     beta = (-mid / half).view(hc, 1, 1)
     top = (mid + half).view(hc, 1, 1)
@@ -695,7 +563,7 @@ def _polynomial(lo, hi, degree: int, dtype, fit: str = DEFAULT_FIT, sample=None,
 
 def _evaluate(a: torch.Tensor, t: torch.Tensor, degree: int) -> torch.Tensor:
     """The polynomial with coefficients ``a (..., g+1)`` (see ``_evaluation_coefficients``) at ``t`` in [-1, 1]."""
-    if degree <= _HORNER_MAX_DEGREE:  # Horner, monomial basis
+    if degree <= HORNER_MAX_DEGREE:  # Horner, monomial basis
         p = a[..., degree:]
         for k in range(degree - 1, -1, -1):
             p = p * t + a[..., k : k + 1]
@@ -714,7 +582,7 @@ def _block_attention(scores, values, alpha, beta, top, coef, degree: int):
     ``|t| > 1``; exact weight ``exp(s - m)`` with ``m`` the row max; approximated weight
     ``max(p(t) * exp(top - m), floor)``, the row factor folded into the coefficients. Rows without a valid
     pair have zero weights and output 0. This is the definition of the weights: it runs eagerly or compiled
-    (one fused pass on CPU and GPU); ``_NATIVE_SOURCE`` computes the same in C.
+    (one fused pass on CPU and GPU); ``hybrid_native`` computes the same in C.
     """
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(row_max == -math.inf, 0.0, row_max)
@@ -726,21 +594,33 @@ def _block_attention(scores, values, alpha, beta, top, coef, degree: int):
     return torch.bmm(weights, values) / row_sums.clamp_min(torch.finfo(weights.dtype).tiny)
 
 
-def _kernel(device: torch.device, compute_dtype: torch.dtype, track_grad: bool) -> str:
-    """Which kernel computes the weights: ``"native"``, ``"compiled"`` or ``"eager"``.
+def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype, track_grad: bool) -> str:
+    """The kernel that computes the weights: ``"native"``, ``"compiled"`` or ``"eager"``.
 
-    ``HYBRID_ATTENTION_COMPILE``: ``0`` runs eager torch everywhere (nothing is built), ``1`` compiles
-    ``_block_attention`` with ``torch.compile`` everywhere (a C++ build of 20-40 s per process on a CPU).
-    Unset: ``torch.compile`` on CUDA (Triton fuses the block in seconds); on a CPU the native kernel for fp32
-    without autograd (built once per machine in about a second), else eager torch. Inside a ``torch.compile``-d
-    caller the eager definition is traced.
+    ``kernel="auto"``: ``torch.compile`` on CUDA (Triton fuses the block in seconds); on a CPU the native kernel for
+    fp32 scores (fp32, bf16 and fp16 inputs) without autograd (built once per machine in about a second; where it
+    cannot be built, one warning and eager torch), else eager torch. A named kernel runs as named; ``"native"``
+    raises ``ValueError`` off the CPU, for float64 inputs or under autograd, and ``RuntimeError`` where it cannot
+    be built. Inside a ``torch.compile``-d caller every kernel is the eager definition, which the caller traces.
     """
-    setting = os.environ.get("HYBRID_ATTENTION_COMPILE", "auto")
-    if setting == "0" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return "eager"
-    if setting == "1" or device.type == "cuda":
+    if kernel == "native":
+        if device.type != "cpu" or compute_dtype != torch.float32 or track_grad:
+            raise ValueError(
+                f"kernel 'native' runs on the CPU for fp32/bf16/fp16 inputs without autograd; got a {device.type} "
+                f"device, {'float64 scores' if compute_dtype == torch.float64 else 'fp32 scores'}"
+                f"{', autograd' if track_grad else ''}: use kernel 'auto' or 'eager'"
+            )
+        if native_library() is None:
+            raise RuntimeError(f"kernel 'native': the native CPU kernel could not be built "
+                               f"({native_error()}); install a C compiler (cc) or use kernel 'auto'")
+        return "native"
+    if kernel != "auto":
+        return kernel
+    if device.type == "cuda":
         return "compiled"
-    if device.type == "cpu" and compute_dtype == torch.float32 and not track_grad and _native_library() is not None:
+    if device.type == "cpu" and compute_dtype == torch.float32 and not track_grad and native_library() is not None:
         return "native"
     return "eager"
 
@@ -765,7 +645,7 @@ def _compiled_kernel():
                 _COMPILED["failed"] = err
                 warnings.warn(
                     f"hybrid_attention: torch.compile failed ({type(err).__name__}: {err}); using eager torch, "
-                    "which is several times slower. Set HYBRID_ATTENTION_COMPILE=0 to skip the attempt.",
+                    "which is several times slower. Set hybrid_kernel=\"eager\" to skip the attempt.",
                     RuntimeWarning,
                 )
                 return _block_attention(*args)
@@ -773,526 +653,3 @@ def _compiled_kernel():
         _COMPILED["fn"] = run
     return _COMPILED["fn"]
 
-
-# The native CPU kernel: `_block_attention`'s weights, row by row in one pass over the scores, written in place.
-# Plain C (no torch headers), so the system compiler builds it in well under a second; written with GCC/Clang
-# vector types (16 floats per operation, whatever the CPU's vector width) and split over torch's number of
-# threads with pthreads. Its `exp` (Cephes' single-precision polynomial, x <= 0 only) needs no library call.
-# Measured on the 2-core EPYC: 1.1 ns per score and thread (auto-vectorised scalar C took 7-12 ns).
-_NATIVE_SOURCE = r"""
-#include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* ---- a parallel loop that never waits for a thread that has not started ----
-   Units are claimed one at a time from a shared counter by the calling thread and by up to threads - 1 detached
-   helpers. On a busy machine a helper may get a core late or never: the caller then does its share, and waits
-   only for units a helper has claimed. The shared state lives on the heap and is freed by its last user. */
-
-typedef void (*unit_fn)(const void *args, long unit);
-
-typedef struct {
-    unit_fn fn;
-    const void *args;
-    long units;
-    atomic_long next, done;
-    atomic_int users;
-} loop_t;
-
-static void run_units(loop_t *L) {
-    long u;
-    while ((u = atomic_fetch_add(&L->next, 1)) < L->units) {
-        L->fn(L->args, u);
-        atomic_fetch_add(&L->done, 1);
-    }
-}
-
-static void release(loop_t *L) {
-    if (atomic_fetch_sub(&L->users, 1) == 1) free(L);
-}
-
-static void *helper(void *arg) {
-    run_units((loop_t *)arg);
-    release((loop_t *)arg);
-    return 0;
-}
-
-static void parallel_for(unit_fn fn, const void *args, long units, int threads) {
-    loop_t *L = (loop_t *)malloc(sizeof *L);
-    if (!L) {
-        for (long u = 0; u < units; u++) fn(args, u);
-        return;
-    }
-    L->fn = fn;
-    L->args = args;
-    L->units = units;
-    atomic_init(&L->next, 0);
-    atomic_init(&L->done, 0);
-    atomic_init(&L->users, 1);
-    if (threads > units) threads = (int)units;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    for (int i = 1; i < threads; i++) {
-        pthread_t tid;
-        atomic_fetch_add(&L->users, 1);
-        if (pthread_create(&tid, &attr, helper, L) != 0) atomic_fetch_sub(&L->users, 1);
-    }
-    pthread_attr_destroy(&attr);
-    run_units(L);
-    while (atomic_load(&L->done) < units) sched_yield(); /* units a helper claimed and is finishing */
-    release(L);
-}
-
-/* ---- weights ---- */
-
-/* GCC/Clang vector extensions: 16 floats per operation (one AVX-512 register; the compiler splits it where the
-   CPU has narrower vectors). */
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
-#define LANES 16
-
-static inline vf splat(float x) { return (vf){0} + x; }
-static inline vf blend(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
-static inline vf vmax(vf a, vf b) { return blend(a > b, a, b); }
-
-/* exp(x) for x <= 0 (x may be -inf), within 2 ulp (Cephes' expf polynomial); below -87 the result is 0 (such a
-   weight vanishes in an fp32 row sum whose largest term is 1). Rounds with the 1.5 * 2^23 shifter: no floor. */
-static inline vf exp_nonpositive(vf x) {
-    const vf xc = vmax(x, splat(-87.0f));
-    const vf z = xc * 1.44269504088896341f + 12582912.0f;
-    const vf n = z - 12582912.0f;
-    vf r = xc - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const vi two_n = (((vi)z - 0x4B400000) + 127) << 23;
-    return (vf)(~(x < -87.0f) & (vi)(p * (vf)two_n));
-}
-
-/* The weights of 16 scores x of a row with maximum m (see _block_attention). */
-static inline __attribute__((always_inline)) vf strip_weights(vf x, float m, vf al, vf be, const float *c, int g,
-                                                          int clenshaw, float scale) {
-    const vf one = splat(1.0f);
-    const vf t = x * al + be;
-    const vf tc = blend(t < -1.0f, -one, blend(t > 1.0f, one, t));
-    vf q;
-    if (!clenshaw) { /* Horner, monomial coefficients */
-        q = splat(c[g]);
-        for (int k = g - 1; k >= 0; k--) q = q * tc + c[k];
-    } else { /* Clenshaw, Chebyshev coefficients */
-        const vf t2 = tc + tc;
-        vf b1 = splat(c[g]), b2 = splat(0.0f);
-        for (int k = g - 1; k >= 1; k--) {
-            const vf b0 = t2 * b1 - b2 + c[k];
-            b2 = b1;
-            b1 = b0;
-        }
-        q = tc * b1 - b2 + c[0];
-    }
-    q = q * scale;
-    return blend(t != tc, exp_nonpositive(x - m), vmax(q, splat(1e-30f)));
-}
-
-typedef struct {
-    float *s;
-    const float *alpha, *beta, *top, *coef;
-    long lq, lk;
-    int degree, clenshaw;
-} weights_t;
-
-static void weights_row(const void *args, long row) {
-    const weights_t *J = (const weights_t *)args;
-    const long lk = J->lk, p = row / J->lq;
-    const int g = J->degree;
-    float *s = J->s + row * lk;
-    vf vmx = splat(-INFINITY);
-    for (long j0 = 0; j0 < lk; j0 += LANES) {
-        const long n = lk - j0 < LANES ? lk - j0 : LANES;
-        vf x = splat(-INFINITY);
-        memcpy(&x, s + j0, (size_t)n * sizeof(float));
-        vmx = vmax(vmx, x);
-    }
-    float m = -INFINITY;
-    for (int i = 0; i < LANES; i++) m = vmx[i] > m ? vmx[i] : m;
-    if (m == -INFINITY) { /* a fully masked row: zero weights, output 0 */
-        memset(s, 0, (size_t)lk * sizeof *s);
-        return;
-    }
-    const float d = J->top[p] - m, scale = expf(d < 60.0f ? d : 60.0f);
-    const float *c = J->coef + p * (g + 1);
-    const vf al = splat(J->alpha[p]), be = splat(J->beta[p]);
-    vf acc = splat(0.0f);
-    long j0 = 0;
-    for (; j0 + 2 * LANES <= lk; j0 += 2 * LANES) { /* two strips at once: their dependency chains overlap */
-        vf x0, x1;
-        memcpy(&x0, s + j0, sizeof x0);
-        memcpy(&x1, s + j0 + LANES, sizeof x1);
-        const vf w0 = strip_weights(x0, m, al, be, c, g, J->clenshaw, scale);
-        const vf w1 = strip_weights(x1, m, al, be, c, g, J->clenshaw, scale);
-        acc += w0 + w1;
-        memcpy(s + j0, &w0, sizeof w0);
-        memcpy(s + j0 + LANES, &w1, sizeof w1);
-    }
-    for (; j0 < lk; j0 += LANES) {
-        const long n = lk - j0 < LANES ? lk - j0 : LANES;
-        vf x = splat(-INFINITY); /* lanes past the row end: weight exp(-inf) = 0 */
-        memcpy(&x, s + j0, (size_t)n * sizeof(float));
-        const vf w = strip_weights(x, m, al, be, c, g, J->clenshaw, scale);
-        acc += w;
-        memcpy(s + j0, &w, (size_t)n * sizeof(float));
-    }
-    float sum = 0.0f;
-    for (int i = 0; i < LANES; i++) sum += acc[i];
-    const float inv = 1.0f / (sum > 1.17549435e-38f ? sum : 1.17549435e-38f);
-    for (long j = 0; j < lk; j++) s[j] *= inv; /* normalised rows: the product with V is the output */
-}
-
-/* s (pairs, lq, lk) contiguous scores (-inf = masked) -> normalised weights, in place. */
-void hybrid_weights_f32(float *s, long pairs, long lq, long lk, const float *alpha, const float *beta,
-                        const float *top, const float *coef, int degree, int clenshaw, int threads) {
-    const weights_t job = {s, alpha, beta, top, coef, lq, lk, degree, clenshaw};
-    parallel_for(weights_row, &job, pairs * lq, threads);
-}
-
-/* ---- thresholds: order statistics of each head's sample ---- */
-
-static inline uint32_t order_key(float f) { /* unsigned integers ordered as the floats are */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
-}
-
-static int compare_floats(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-/* Rearrange v[0..n) so that v[k] holds the value a sort would put there (quickselect with median-of-three
-   pivots; past 2 log2(n) + 2 rounds it sorts what is left, so the worst case stays O(n log n)). */
-static void select_kth(float *v, long n, long k) {
-    long lo = 0, hi = n - 1;
-    int budget = 2;
-    for (long m = n; m > 1; m >>= 1) budget += 2;
-    while (hi > lo) {
-        if (--budget < 0) {
-            qsort(v + lo, (size_t)(hi - lo + 1), sizeof *v, compare_floats);
-            return;
-        }
-        const float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
-        const float pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
-        long i = lo, j = hi;
-        while (i <= j) { /* Hoare partition around the pivot's value */
-            while (v[i] < pivot) i++;
-            while (v[j] > pivot) j--;
-            if (i <= j) {
-                const float t = v[i];
-                v[i++] = v[j];
-                v[j--] = t;
-            }
-        }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return; /* j < k < i: v[k] equals the pivot */
-    }
-}
-
-#define BINS 2048 /* histogram of the keys' top 11 bits: the rank's bin, then a select among its values only */
-
-typedef struct {
-    const float *scores;
-    const int64_t *flat;
-    const uint8_t *take;
-    long grid, m, flat_stride, take_stride;
-    double q_lo, q_hi;
-    float *lo, *hi;
-} thresholds_t;
-
-static void thresholds_row(const void *args, long r) {
-    const thresholds_t *J = (const thresholds_t *)args;
-    const float *x = J->scores + r * J->grid;
-    const int64_t *pos = J->flat + r * J->flat_stride;
-    const uint8_t *t = J->take ? J->take + r * J->take_stride : 0;
-    float *vals = (float *)malloc((size_t)J->m * 2 * sizeof(float)), *cand = vals + J->m;
-    uint32_t hist[BINS];
-    memset(hist, 0, sizeof hist);
-    long n = 0;
-    for (long i = 0; i < J->m; i++) {
-        const float v = x[pos[i]];
-        if ((!t || t[i]) && v > -INFINITY) {
-            vals[n++] = v;
-            hist[order_key(v) >> 21]++;
-        }
-    }
-    if (n == 0) {
-        J->lo[r] = J->hi[r] = INFINITY;
-        free(vals);
-        return;
-    }
-    const long rank[2] = {(long)floor((double)n * J->q_lo), n - 1 - (long)floor((double)n * J->q_hi)};
-    float *out[2] = {J->lo + r, J->hi + r};
-    for (int e = 0; e < 2; e++) {
-        const long k = rank[e] < 0 ? 0 : (rank[e] > n - 1 ? n - 1 : rank[e]);
-        long below = 0, c = 0;
-        uint32_t bin = 0;
-        while (below + hist[bin] <= k) below += hist[bin++];
-        for (long i = 0; i < n; i++)
-            if ((order_key(vals[i]) >> 21) == bin) cand[c++] = vals[i];
-        select_kth(cand, c, k - below);
-        *out[e] = cand[k - below];
-    }
-    free(vals);
-}
-
-/* For each of `rows` heads: its scores start at scores + r * grid; its m sampled positions are flat + r * flat_stride
-   (flat_stride 0: the same positions for every head), its take bytes take + r * take_stride (take NULL: all count).
-   Among the sampled scores > -inf that count, n of them: the (floor(n q_lo) + 1)-th smallest into lo[r] and the
-   (floor(n q_hi) + 1)-th largest into hi[r]; +inf where n == 0. */
-void hybrid_thresholds_f32(const float *scores, long grid, const int64_t *flat, long flat_stride,
-                           const uint8_t *take, long take_stride, long rows, long m, double q_lo, double q_hi,
-                           float *lo, float *hi, int threads) {
-    const thresholds_t job = {scores, flat, take, grid, m, flat_stride, take_stride, q_lo, q_hi, lo, hi};
-    parallel_for(thresholds_row, &job, rows, threads);
-}
-"""
-_NATIVE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
-_NATIVE_MIN_PARALLEL = 1 << 16  # score elements below which one thread is faster than starting more
-_NATIVE = {}
-
-
-def _native_library():
-    """The native kernel's ctypes library, built on first use, or None (with one warning) where it cannot be."""
-    if "lib" not in _NATIVE:
-        try:
-            _NATIVE["lib"] = _load_native()
-        except Exception as err:  # no compiler, no writable directory, an unsupported platform: eager torch
-            _NATIVE["lib"], _NATIVE["error"] = None, err
-            detail = getattr(err, "stderr", None) or err
-            warnings.warn(
-                f"hybrid_attention: could not build the native CPU kernel ({type(err).__name__}: "
-                f"{str(detail).strip().splitlines()[0] if str(detail).strip() else ''}); using eager torch, which "
-                "is slower. Install a C compiler (cc) or set HYBRID_ATTENTION_COMPILE=0 to skip the attempt.",
-                RuntimeWarning,
-            )
-    return _NATIVE["lib"]
-
-
-def _load_native():
-    """Build (once per machine, cached by a hash of the source, compiler, flags and CPU) and load the kernel."""
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    key = hashlib.sha256("\0".join((_NATIVE_SOURCE, cc, *_NATIVE_FLAGS, _cpu_signature())).encode()).hexdigest()
-    name = f"hybrid_weights_{key[:20]}.so"
-    directory = next((d for d in _cache_directories() if (d / name).is_file()), None)
-    if directory is None:
-        directory = next(d for d in _cache_directories() if _writable(d))
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            source, built = Path(tmp) / "hybrid_weights.c", Path(tmp) / name
-            source.write_text(_NATIVE_SOURCE)
-            subprocess.run([cc, *_NATIVE_FLAGS, str(source), "-o", str(built), "-lm", "-lpthread"],
-                           check=True, capture_output=True, text=True, timeout=120)
-            os.replace(built, directory / name)  # atomic: processes building at once never see half a file
-    lib = ctypes.CDLL(str(directory / name))
-    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    lib.hybrid_weights_f32.argtypes = [ptr, long_, long_, long_, ptr, ptr, ptr, ptr, int_, int_, int_]
-    lib.hybrid_weights_f32.restype = None
-    double = ctypes.c_double
-    lib.hybrid_thresholds_f32.argtypes = [ptr, long_, ptr, long_, ptr, long_, long_, long_, double, double, ptr, ptr,
-                                          int_]
-    lib.hybrid_thresholds_f32.restype = None
-    return lib
-
-
-def _cache_directories() -> list[Path]:
-    """Where the built kernel is kept: ``$HYBRID_ATTENTION_CACHE``, else the user's cache, else a temp dir."""
-    if os.environ.get("HYBRID_ATTENTION_CACHE"):
-        return [Path(os.environ["HYBRID_ATTENTION_CACHE"])]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid_attention"
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    return [cache, Path(tempfile.gettempdir()) / f"hybrid_attention-{user}"]
-
-
-def _writable(directory: Path) -> bool:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        return os.access(directory, os.W_OK)
-    except OSError:
-        return False
-
-
-def _cpu_signature() -> str:
-    """The instruction sets ``-march=native`` builds for (a cache shared by different CPUs must not mix them)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return platform.machine() + line
-    except OSError:
-        pass
-    return platform.machine() + platform.processor()
-
-
-def _native_attention(scores, values, alpha, beta, top, coef, degree: int, out: torch.Tensor) -> None:
-    """``_block_attention`` for a whole chunk with the native kernel: ``scores (hc, Lq, Lk)`` contiguous fp32
-    (overwritten with the normalised weights), ``values (hc, Lk, Dv)`` fp32; writes the output into
-    ``out (hc, Lq, Dv)``."""
-    hc, lq, lk = scores.shape
-    assert scores.is_contiguous() and scores.dtype == torch.float32
-    params = [x.reshape(hc, -1).to(torch.float32).contiguous() for x in (alpha, beta, top, coef)]
-    _NATIVE["lib"].hybrid_weights_f32(
-        scores.data_ptr(), hc, lq, lk, *(p.data_ptr() for p in params), degree, int(degree > _HORNER_MAX_DEGREE),
-        _native_threads(scores.numel()),
-    )
-    if out.dtype == torch.float32 and out.is_contiguous():
-        torch.bmm(scores, values, out=out)
-    else:
-        out.copy_(torch.bmm(scores, values))
-
-
-def _native_thresholds(scores: torch.Tensor, flat: torch.Tensor, take, q_lo: float, q_hi: float):
-    """``_chunk_thresholds``' order statistics with the native kernel, reading the sample straight from
-    ``scores (hc, Lq, Lk)`` contiguous fp32 at the positions ``flat`` (``(hc, M)`` or ``(1, M)``): among the sampled
-    scores ``> -inf`` that ``take`` (same shapes, or None) keeps, ``n`` per head, the ``(floor(n q_lo) + 1)``-th
-    smallest and ``(floor(n q_hi) + 1)``-th largest (+inf where ``n == 0``). A histogram of the top bits finds each
-    rank's bin, then a select runs on that bin's values only: ~7x less CPU than two ``kthvalue`` calls."""
-    hc = scores.shape[0]
-    assert scores.is_contiguous() and scores.dtype == torch.float32
-    flat = flat.reshape(-1, flat.shape[-1]).contiguous()
-    m = flat.shape[1]
-    if take is not None:
-        take = take.reshape(-1, m).contiguous()
-    lo, hi = torch.empty(hc, dtype=torch.float32), torch.empty(hc, dtype=torch.float32)
-    _NATIVE["lib"].hybrid_thresholds_f32(
-        scores.data_ptr(), scores[0].numel(), flat.data_ptr(), m if flat.shape[0] > 1 else 0,
-        None if take is None else take.data_ptr(), 0 if take is None or take.shape[0] == 1 else m, hc, m, q_lo, q_hi,
-        lo.data_ptr(), hi.data_ptr(), _native_threads(hc * m),
-    )
-    return lo, hi
-
-
-def _native_threads(work: int) -> int:
-    """torch's thread count, or 1 where the work is too small to share."""
-    return torch.get_num_threads() if work >= _NATIVE_MIN_PARALLEL else 1
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Dense reference (float64, obviously correct, slow): the contract written out directly
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def hybrid_attention_reference(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    exact_ratio: float,
-    chebyshev_degree: int,
-    scaling: float | None = None,
-    thresholds: tuple[torch.Tensor, torch.Tensor] | None = None,
-    exact_split: float = DEFAULT_EXACT_SPLIT,
-    fit: str = DEFAULT_FIT,
-) -> torch.Tensor:
-    """The contract of ``hybrid_attention``, dense and in float64, with EXACT k-th values.
-
-    ``thresholds=(lo, hi)``, each ``(B, H)``, replaces the exact k-th values (to check the fast op's weighting
-    given its own estimated thresholds). ``fit="empirical"`` fits on ALL the head's approximated scores (the op's
-    sample is exactly those when it enumerates the grid). Returns float64 ``(B, H, Lq, Dv)``.
-    """
-    b, h, lq, d = query.shape
-    hkv, lk = key.shape[1], key.shape[2]
-    scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
-    q, k, v = query.double(), key.double(), value.double()
-    k = k.repeat_interleave(h // hkv, dim=1)
-    v = v.repeat_interleave(h // hkv, dim=1)
-    s = scale * q @ k.transpose(-1, -2)
-    valid = torch.ones(b, h, lq, lk, dtype=torch.bool)
-    if attention_mask is not None:
-        m = attention_mask.reshape((1,) * (4 - attention_mask.dim()) + tuple(attention_mask.shape))
-        if m.dtype == torch.bool:
-            valid = valid & m
-        else:
-            valid = valid & (m > MASKED_BIAS)
-            s = s + m.double().masked_fill(m <= MASKED_BIAS, 0.0)
-    out = torch.zeros(b, h, lq, v.shape[-1], dtype=torch.float64)
-    for bi in range(b):
-        for hi_ in range(h):
-            sv, ok = s[bi, hi_], valid[bi, hi_]
-            vals = sv[ok]
-            if vals.numel() == 0:
-                continue
-            if exact_ratio >= 1:
-                w = torch.where(ok, torch.exp(sv - vals.max()), torch.zeros(()))
-            else:
-                if thresholds is not None:
-                    lo, hi = float(thresholds[0][bi, hi_]), float(thresholds[1][bi, hi_])
-                else:
-                    srt = torch.sort(vals.detach()).values  # thresholds are constants (see the contract)
-                    n = srt.numel()
-                    k_lo = math.floor((1 - exact_split) * exact_ratio * n)
-                    k_hi = math.floor(exact_split * exact_ratio * n)
-                    lo, hi = float(srt[k_lo]), float(srt[n - 1 - k_hi])
-                bounds = torch.tensor([lo, hi], dtype=torch.float64)
-                mid, half = (float(x) for x in _interval(bounds[0], bounds[1]))
-                approx = ok & ((sv - mid).abs() <= half)
-                exact = ok & ~approx
-                coeffs = _reference_chebfit_exp(mid - half, mid + half, chebyshev_degree)
-                if fit == "empirical":
-                    coeffs = _reference_empirical_fit(((sv.detach() - mid) / half)[approx], half, coeffs)
-                t = ((sv - mid) / half).clamp(-1, 1)
-                p = _chebval(t, coeffs)  # approximates exp(s - (mid + half))
-                row_max = torch.where(ok, sv, torch.full_like(sv, -math.inf)).amax(-1, keepdim=True)
-                row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-                # any per-row shift cancels in the normalisation; the row max keeps every weight finite
-                scale_row = torch.exp(torch.clamp(mid + half - row_max, max=_ROW_SCALE_CAP))
-                pe = torch.clamp(p * scale_row, min=_WEIGHT_FLOOR)
-                w = torch.where(exact, torch.exp(sv - row_max), torch.where(approx, pe, torch.zeros(())))
-            rows = w.sum(-1, keepdim=True)
-            out[bi, hi_] = torch.where(rows > 0, (w @ v[bi, hi_]) / rows.clamp_min(1e-300), torch.zeros(()))
-    return out
-
-
-def _reference_chebfit_exp(a: float, b: float, degree: int) -> torch.Tensor:
-    """Chebyshev coefficients of the least-squares fit of ``exp(x - b)`` on ``[a, b]``, solved on 4096 nodes."""
-    t, pinv = _reference_fit_basis(degree)
-    x = 0.5 * (b - a) * t + 0.5 * (b + a)
-    return pinv @ torch.exp(x - b)
-
-
-def _reference_empirical_fit(t: torch.Tensor, half: float, uniform: torch.Tensor) -> torch.Tensor:
-    """The empirical fit written out: ``argmin mean (A c - f)^2 + prior * sum_k <T_k,T_k> (c_k - uniform_k)^2``
-    over the points ``t`` in [-1, 1] (``A`` their Chebyshev basis matrix, ``f = exp(half (t - 1))``)."""
-    degree = uniform.numel() - 1
-    basis = torch.cos(torch.arange(degree + 1, dtype=torch.float64)[None, :] * torch.arccos(t.clamp(-1, 1))[:, None])
-    n = max(1, t.numel())
-    norms = torch.full((degree + 1,), 0.5, dtype=torch.float64)
-    norms[0] = 1.0
-    gram = basis.T @ basis / n + torch.diag(_FIT_PRIOR * norms)
-    rhs = basis.T @ torch.exp(half * (t - 1.0)) / n + _FIT_PRIOR * norms * uniform
-    return torch.linalg.solve(gram, rhs)
-
-
-@lru_cache(maxsize=None)
-def _reference_fit_basis(degree: int, n_nodes: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """4096 Chebyshev nodes and the pseudo-inverse of the Chebyshev basis there (a plain least-squares solve)."""
-    t = torch.cos(math.pi * (torch.arange(n_nodes, dtype=torch.float64) + 0.5) / n_nodes)
-    basis = torch.cos(torch.arange(degree + 1, dtype=torch.float64)[None, :] * torch.arccos(t)[:, None])
-    return t, torch.linalg.pinv(basis)
-
-
-def _chebval(t: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """Evaluate a Chebyshev series at ``t`` with Clenshaw's recurrence (float64)."""
-    b1 = torch.zeros_like(t)
-    b2 = torch.zeros_like(t)
-    for c in coeffs.flip(0)[:-1]:
-        b1, b2 = 2 * t * b1 - b2 + c, b1
-    return t * b1 - b2 + coeffs[0]

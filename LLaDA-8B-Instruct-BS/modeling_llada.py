@@ -6,8 +6,9 @@ ff_out}, ln_f, ff_out}``), so the official safetensors shards load unchanged. At
 causal mask) and goes through ``hybrid_attention`` with the knobs read from the config at every forward:
 
     config.hybrid_exact_ratio / hybrid_chebyshev_degree / hybrid_num_samples / hybrid_exact_split / hybrid_fit
+    / hybrid_kernel
         -> LLaDAAttention.forward (reads self.config, the model's own config object)
-        -> hybrid_attention(q, k, v, mask, exact_ratio=..., chebyshev_degree=...)   (ratio 1.0 = exact SDPA)
+        -> hybrid_attention(q, k, v, mask, exact_ratio=..., chebyshev_degree=..., kernel=...)   (ratio 1.0 = SDPA)
 
 Works on transformers 4.49 and 5.x, loaded with ``AutoModel.from_pretrained(dir, trust_remote_code=True,
 dtype=...)`` (``torch_dtype=`` too), and with ``device_map="auto"``.
@@ -24,9 +25,14 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-try:  # remote code: transformers copies the sibling files named in these relative imports
+try:  # remote code, or the support_basis.llada package: transformers copies the siblings named here
     from .configuration_llada import LLaDAConfig
     from .hybrid_attention import hybrid_attention
+
+    # transformers 4.x copies only the direct relative imports of the module it loads, so the op's own siblings
+    # are named here too: a model directory then loads on 4.49 as on 5.x
+    from .hybrid_fit import HORNER_MAX_DEGREE  # noqa: F401
+    from .hybrid_native import native_library  # noqa: F401
 except ImportError:  # the same file imported from the repository root (through its symlinks)
     import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
 
@@ -113,6 +119,7 @@ class LLaDAAttention(nn.Module):
             num_samples=cfg.hybrid_num_samples,
             exact_split=cfg.hybrid_exact_split,
             fit=cfg.hybrid_fit,
+            kernel=cfg.hybrid_kernel,
         )
         return self.attn_out(out.transpose(1, 2).reshape(b, l, cfg.d_model)), fresh
 

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-# the benchmarks measure the fused kernel, which on a CPU is compiled only on request (see hybrid_attention)
-os.environ.setdefault("HYBRID_ATTENTION_COMPILE", "1")
+from support_basis.llada.configuration_llada import KERNELS
+from support_basis.llada.hybrid_attention import select_kernel
+from support_basis.reporting import machine  # noqa: F401  (re-exported for the benchmarks)
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from support_basis.reporting import machine  # noqa: E402,F401  (re-exported for the benchmarks)
+
+def add_kernel_flag(parser) -> None:
+    """``--kernel``: the hybrid_kernel the benchmark runs (default auto, what users get)."""
+    parser.add_argument("--kernel", default="auto", choices=KERNELS,
+                        help="hybrid_kernel to time (default auto: what users get; each row says what ran)")
+
+
+def kernel_ran(kernel: str, device, dtype=torch.float32) -> str:
+    """What ``kernel`` runs for inference on ``device`` with ``dtype`` inputs: ``"auto->native"`` or ``"eager"``."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    ran = select_kernel(kernel, torch.device(device), compute, False)
+    return f"auto->{ran}" if kernel == "auto" else ran
 
 
 def sync(device) -> None:
@@ -136,8 +145,8 @@ def random_llada(size: str = "mid", device="cpu", dtype=torch.float32, **overrid
     ``overrides`` set config fields (token ids)."""
     import json
 
-    from configuration_llada import LLaDAConfig
-    from modeling_llada import LLaDAModelLM
+    from support_basis.llada.configuration_llada import LLaDAConfig
+    from support_basis.llada.modeling_llada import LLaDAModelLM
 
     if size == "full":
         fields = json.loads((REPO / "LLaDA-8B-Instruct-BS" / "config.json").read_text())
@@ -148,20 +157,3 @@ def random_llada(size: str = "mid", device="cpu", dtype=torch.float32, **overrid
     torch.manual_seed(0)
     with torch.device(device):
         return LLaDAModelLM(LLaDAConfig(**{**fields, **overrides})).to(dtype).eval()
-
-
-def stock_encoder(vocab: int, d_model: int, heads: int, mlp: int, layers: int, dropout: float, length: int = 64,
-                  pos_std: float = 0.02):
-    """PyTorch's own pre-norm ``nn.TransformerEncoder`` with token embeddings, learned absolute positions and an
-    output layer: ``model["out"](model["enc"](model["emb"](x) + model.pos[:L]))`` gives ``(B, L, vocab)`` logits for
-    ``(B, L)`` ids, L <= ``length``. The lookup benches' control, free of this project's model code.
-
-    ``pos_std``: the positions' initial scale (GPT-2's 0.02 by default; the token embeddings start at 1, so a
-    bidirectional model starts nearly blind to order unless this is raised)."""
-    from torch import nn
-
-    layer = nn.TransformerEncoderLayer(d_model, heads, mlp, dropout=dropout, batch_first=True, norm_first=True)
-    model = nn.ModuleDict({"emb": nn.Embedding(vocab, d_model), "enc": nn.TransformerEncoder(
-        layer, layers, enable_nested_tensor=False), "out": nn.Linear(d_model, vocab)})
-    model.pos = nn.Parameter(torch.randn(length, d_model) * pos_std)  # (a ModuleDict attribute: .to() moves it too)
-    return model

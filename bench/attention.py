@@ -6,8 +6,8 @@
     python bench/attention.py --size full           # a GPU: bf16, L = 1024 ... 8192, the LLaDA-8B model forward
 
 Per length (B=1, H=32, D=128, the LLaDA-8B attention shape; fp32 on CPU, bf16 on CUDA): SDPA ms and the hybrid's
-(ratio 0.2, degree 6) with the default kernel (no environment variable: the native kernel on a CPU, the
-torch.compile-d one on CUDA) and, on a CPU, with compilation requested (HYBRID_ATTENTION_COMPILE=1), as medians
+(ratio 0.2, degree 6) with each kernel of ``--kernels`` (default: ``auto``, what users get: the native kernel on
+a CPU, the torch.compile-d one on CUDA; and, on a CPU, ``compiled``), each column naming what ran, as medians
 over interleaved rounds with the median per-round ratio; relative Frobenius error of the output against float64
 exact attention at (0.2, 4) and (0.2, 6); peak extra memory of the default call; the published implementation's
 time and error (up to ``--paper-max-len``). Then: the first call of a fresh process against its later calls
@@ -30,27 +30,21 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import REPO, PeakMemory, best_ms, emit_json, interleaved_ms, machine, print_table, random_llada, sync
-from paper_baseline import paper_hybrid_attention  # noqa: E402
+from _common import (
+    PeakMemory,
+    best_ms,
+    emit_json,
+    interleaved_ms,
+    kernel_ran,
+    machine,
+    print_table,
+    random_llada,
+    sync,
+)
+from paper_baseline import paper_hybrid_attention
 
-from hybrid_attention import hybrid_attention  # noqa: E402  (path set by _common)
-
-KERNEL_SETTINGS = {"default": None, "compiled": "1"}  # HYBRID_ATTENTION_COMPILE per column (None: unset)
-
-
-def with_setting(setting, fn):
-    """``fn`` run with HYBRID_ATTENTION_COMPILE set to ``setting`` (None: unset, the user's default)."""
-    def run():
-        saved = os.environ.pop("HYBRID_ATTENTION_COMPILE", None)
-        if setting is not None:
-            os.environ["HYBRID_ATTENTION_COMPILE"] = setting
-        try:
-            return fn()
-        finally:
-            os.environ.pop("HYBRID_ATTENTION_COMPILE", None)
-            if saved is not None:
-                os.environ["HYBRID_ATTENTION_COMPILE"] = saved
-    return run
+from support_basis.llada.configuration_llada import KERNELS
+from support_basis.llada.hybrid_attention import hybrid_attention
 
 
 def exact_float64(q, k, v) -> torch.Tensor:
@@ -75,19 +69,16 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
     rounds = repeats if l <= 1024 else max(3, repeats - 2)
     fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
     for name in kernels:
-        fns[name] = with_setting(KERNEL_SETTINGS[name],
-                                 lambda: hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6))
+        fns[name] = lambda name=name: hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel=name)
     times = interleaved_ms(fns, device, rounds)
     row = dict(L=l, sdpa_ms=statistics.median(times["sdpa"]))
     for name in kernels:
         row[f"{name}_ms"] = statistics.median(times[name])
         row[f"{name}_ratio"] = statistics.median(h / s for s, h in zip(times["sdpa"], times[name]))
-    default = with_setting(None, lambda: hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6))
-    with PeakMemory(device) as mem:
-        out6 = default()
+    with PeakMemory(device) as mem:  # the first kernel's (auto: what users get)
+        out6 = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel=kernels[0])
     ref = exact_float64(q, k, v)
-    row["err_deg4"] = rel_err(with_setting(None, lambda: hybrid_attention(q, k, v, exact_ratio=0.2,
-                                                                          chebyshev_degree=4))(), ref)
+    row["err_deg4"] = rel_err(hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=4, kernel=kernels[0]), ref)
     row["err_deg6"] = rel_err(out6, ref)
     row["peak_mb"] = mem.mb
     if l <= paper_max_len:
@@ -99,13 +90,12 @@ def attention_row(l, heads, dim, device, dtype, score_std, paper_max_len, repeat
 
 
 FIRST_CALL = r"""
-import json, os, sys, time
+import json, sys, time
 import torch
-sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
-from hybrid_attention import hybrid_attention
+from support_basis.llada.hybrid_attention import hybrid_attention
 imported = time.perf_counter() - t0
-l, heads, dim = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+l, heads, dim = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, heads, l, dim, generator=g) for _ in range(3))
 times = []
@@ -120,20 +110,20 @@ print(json.dumps({"import_s": imported, "first_s": times[0], "later_s": sorted(t
 def first_call(l, heads, dim, cold: bool) -> dict:
     """A fresh process with default settings: its first call vs the median of its next three (seconds). ``cold``:
     with an empty native-kernel cache, so the first call includes building the kernel."""
-    env = {k: v for k, v in os.environ.items() if k != "HYBRID_ATTENTION_COMPILE"}
+    env = dict(os.environ)
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["HYBRID_ATTENTION_CACHE"] = cache
-        res = subprocess.run([sys.executable, "-c", FIRST_CALL, str(REPO), str(l), str(heads), str(dim)], env=env,
+        res = subprocess.run([sys.executable, "-c", FIRST_CALL, str(l), str(heads), str(dim)], env=env,
                              capture_output=True, text=True, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["overhead_s"] = out["first_s"] - out["later_s"]
     return out
 
 
-def end_to_end(size, device, dtype, length, repeats):
-    """One forward of a random LLaDA at ``length``: exact vs hybrid 0.2/6, default kernel."""
-    model = random_llada(size, device, dtype)
+def end_to_end(size, device, dtype, length, repeats, kernel):
+    """One forward of a random LLaDA at ``length``: exact vs hybrid 0.2/6 with ``kernel``."""
+    model = random_llada(size, device, dtype, hybrid_kernel=kernel)
     ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
 
     def with_ratio(ratio):
@@ -141,19 +131,19 @@ def end_to_end(size, device, dtype, length, repeats):
             model.config.hybrid_exact_ratio = ratio
             with torch.no_grad():
                 model(ids)
-        return with_setting(None, run)
+        return run
 
     times = interleaved_ms({"exact": with_ratio(1.0), "hybrid": with_ratio(0.2)}, device, max(3, repeats - 2))
     return dict(L=length, exact_ms=statistics.median(times["exact"]), hybrid_ms=statistics.median(times["hybrid"]),
                 ratio=statistics.median(h / e for e, h in zip(times["exact"], times["hybrid"])))
 
 
-def generate_throughput(size, device, dtype, prompt_lengths, gen_length, steps, rounds):
-    """generate() tokens/s on a random LLaDA, exact vs hybrid 0.2/6 (default kernel), interleaved rounds; each
+def generate_throughput(size, device, dtype, prompt_lengths, gen_length, steps, rounds, kernel):
+    """generate() tokens/s on a random LLaDA, exact vs hybrid 0.2/6 (``kernel``), interleaved rounds; each
     prompt alone (batch 1). Returns the medians and the median per-round ratio exact/hybrid tokens/s."""
-    from generate import generate
+    from support_basis.sampling import generate
 
-    model = random_llada(size, device, dtype)
+    model = random_llada(size, device, dtype, hybrid_kernel=kernel)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.config.vocab_size - 1000, (1, n), generator=g).to(device) for n in prompt_lengths]
 
@@ -165,7 +155,7 @@ def generate_throughput(size, device, dtype, prompt_lengths, gen_length, steps, 
                 generate(model, ids, steps=steps, gen_length=gen_length, block_length=32)
             sync(device)
             return len(prompts) * gen_length / (time.perf_counter() - t0)
-        return with_setting(None, run)
+        return run
 
     exact, hybrid = answer(1.0), answer(0.2)
     generate(model, prompts[0][:, :8], steps=2, gen_length=32, block_length=32)  # warm-up
@@ -189,8 +179,10 @@ def main(argv=None):
     p.add_argument("--score-std", type=float, default=1.0, help="standard deviation of the attention scores")
     p.add_argument("--paper-max-len", type=int, default=2048, help="longest L for the published implementation")
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (fewer above L=1024)")
-    p.add_argument("--quick", action="store_true", help="L = 256 and 1024 only, no compiled kernel, short e2e")
-    p.add_argument("--no-compile", action="store_true", help="skip the HYBRID_ATTENTION_COMPILE=1 column (CPU)")
+    p.add_argument("--quick", action="store_true", help="L = 256 and 1024 only, auto kernel only, short e2e")
+    p.add_argument("--kernels", default=None,
+                   help="comma-separated hybrid_kernel columns, the first also runs memory, error and end to end "
+                   "(default: auto,compiled on a CPU, auto on CUDA and with --quick)")
     p.add_argument("--skip-e2e", action="store_true", help="skip the first-call, forward and generate() runs")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -199,16 +191,21 @@ def main(argv=None):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     lengths = a.lengths or ([256, 1024] if a.quick else [256, 1024, 4096] if device == "cpu"
                             else [1024, 2048, 4096, 8192])
-    kernels = ["default"] + ([] if device == "cuda" or a.quick or a.no_compile else ["compiled"])
-    print(f"# attention: B=1 H={a.heads} D={a.dim} {str(dtype)[6:]} on {device}; {machine()}")
+    kernels = (a.kernels.split(",") if a.kernels else
+               ["auto"] + ([] if device == "cuda" or a.quick else ["compiled"]))
+    bad = [k for k in kernels if k not in KERNELS]
+    if bad:
+        p.error(f"--kernels: unknown kernel(s) {', '.join(bad)}; choose from {', '.join(KERNELS)}")
+    ran = {k: kernel_ran(k, device, dtype) for k in kernels}
+    print(f"# attention: B=1 H={a.heads} D={a.dim} {str(dtype)[6:]} on {device}; kernels "
+          f"{', '.join(ran.values())}; {machine()}")
     rows = []
     for l in lengths:
         rows.append(attention_row(l, a.heads, a.dim, device, dtype, a.score_std, a.paper_max_len, a.repeats, kernels))
         print(f"  L={l} done", flush=True)
-    columns = [("L", "L", "d"), ("sdpa_ms", "SDPA ms", ".1f"), ("default_ms", "hybrid ms", ".1f"),
-               ("default_ratio", "hyb/SDPA", ".2f")]
-    if "compiled" in kernels:
-        columns += [("compiled_ms", "compiled ms", ".1f"), ("compiled_ratio", "comp/SDPA", ".2f")]
+    columns = [("L", "L", "d"), ("sdpa_ms", "SDPA ms", ".1f")]
+    for k in kernels:
+        columns += [(f"{k}_ms", f"{ran[k]} ms", ".1f"), (f"{k}_ratio", "/SDPA", ".2f")]
     columns += [("err_deg4", "err(.2,4)", ".2e"), ("err_deg6", "err(.2,6)", ".2e"), ("peak_mb", "peak MB", ".0f"),
                 ("paper_ms", "paper ms", ".0f"), ("paper_ratio", "paper/SDPA", ".1f"),
                 ("paper_err_deg6", "paper err", ".2e")]
@@ -216,27 +213,29 @@ def main(argv=None):
     first = e2e = gen = None
     if not a.skip_e2e:
         first = {name: first_call(1024, a.heads, a.dim, cold) for name, cold in (("cold", True), ("warm", False))}
-        print(f"\n# first call of a fresh process (L=1024, default settings): {first['cold']['overhead_s']:.2f} s "
+        print(f"\n# first call of a fresh process (L=1024, kernel auto): {first['cold']['overhead_s']:.2f} s "
               f"slower than later calls with an empty kernel cache, {first['warm']['overhead_s']:.2f} s with it "
               f"built (import {first['warm']['import_s']:.2f} s)")
         size = a.size if a.size == "full" else "mid"
-        e2e = end_to_end(size, device, dtype, 1024, a.repeats)
-        print(f"# forward, random LLaDA ({size}), L=1024: exact {e2e['exact_ms']:.0f} ms, hybrid {e2e['hybrid_ms']:.0f} "
+        e2e = end_to_end(size, device, dtype, 1024, a.repeats, kernels[0])
+        print(f"# forward, random LLaDA ({size}), L=1024, kernel {ran[kernels[0]]}: exact {e2e['exact_ms']:.0f} ms, hybrid {e2e['hybrid_ms']:.0f} "
               f"ms, ratio {e2e['ratio']:.2f}")
         lengths_gen = [64, 160] if not a.quick else [64]
-        gen = generate_throughput(size, device, dtype, lengths_gen, 128, 32 if not a.quick else 8, 3 if not a.quick else 2)
+        gen = generate_throughput(size, device, dtype, lengths_gen, 128, 32 if not a.quick else 8,
+                                  3 if not a.quick else 2, kernels[0])
         print(f"# generate(), random LLaDA ({size}), prompts of {lengths_gen} tokens, gen_length 128, "
               f"{gen['steps']} steps, block 32: exact {gen['exact_tokens_per_s']:.2f} tokens/s, hybrid "
               f"{gen['hybrid_tokens_per_s']:.2f} tokens/s, exact/hybrid {gen['ratio']:.3f}")
     at = {r["L"]: r for r in rows}
     targets = {
-        "default_le_2x_sdpa": {l: at[l]["default_ratio"] <= 2.0 for l in at},
+        "first_kernel_le_2x_sdpa": {l: at[l][f"{kernels[0]}_ratio"] <= 2.0 for l in at},
         "compiled_le_1p5x_sdpa_at_L_ge_1024": ({l: at[l]["compiled_ratio"] <= 1.5 for l in at if l >= 1024}
                                                if "compiled" in kernels else None),
         "first_call_overhead_le_3s": first["cold"]["overhead_s"] <= 3.0 if first else None,
         "generate_exact_over_hybrid_le_1p15": gen["ratio"] <= 1.15 if gen else None,
     }
     emit_json(dict(bench="attention", machine=machine(), device=device, dtype=str(dtype), score_std=a.score_std,
+                   kernels=ran,
                    rows=rows, first_call=first, e2e=e2e, generate=gen, targets=targets))
 
 

@@ -9,25 +9,19 @@ the demo's own machinery (support_basis/demo: the shared model's hooks, the work
 confidences, the HTML), display delay 0. Per configuration, the median over rounds of: wall seconds per step of the
 decode (what the canvas shows), model seconds per step (time inside the forwards), and the whole chat turn per
 step (decode + rendering + the answer). In compare mode the two decodes share the model forward by forward, so
-each one's wall time per step is about the sum of both models' times. The attention op runs as in the app (on a
-CPU: eager unless HYBRID_ATTENTION_COMPILE=1). Prints a table, then one JSON line.
+each one's wall time per step is about the sum of both models' times. The attention op runs the model's
+``hybrid_kernel`` (``--kernel``, default auto: as in the app). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HYBRID_ATTENTION_COMPILE", "0")  # as app.py runs it (_common would ask for compilation)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from _common import emit_json, machine, print_table  # noqa: E402
+from _common import REPO, add_kernel_flag, emit_json, kernel_ran, machine, print_table
 
 QUESTION = "Which of these is a source of light? A. the Moon B. the Sun C. a mirror D. a window"
 
@@ -55,15 +49,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="checkpoints/llada-tiny", help="model directory (default: the shipped one)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (default 3; median reported)")
+    add_kernel_flag(p)
     a = p.parse_args(argv)
     model_dir = a.model if Path(a.model).exists() else str(REPO / a.model)
 
-    from generate import load_model_and_tokenizer
     from support_basis.demo.session import Demo
     from support_basis.demo.shared_model import SharedModel
     from support_basis.demo.stepping import Settings
+    from support_basis.loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(model_dir, "auto", "auto")
+    model, tokenizer = load_model_and_tokenizer(model_dir, "auto", "auto", hybrid_kernel=a.kernel)
     shared = SharedModel(model.requires_grad_(False), tokenizer)
     demo = Demo(shared)
     base = Settings(exact_ratio=model.config.hybrid_exact_ratio, chebyshev_degree=model.config.hybrid_chebyshev_degree)
@@ -75,7 +70,7 @@ def main(argv=None):
     }
     print(f"# demo time per step: {a.model} (d_model {model.config.d_model}, {model.config.n_layers} layers), "
           f"prompt {len(ids)} tokens, gen_length {base.gen_length}, steps {base.steps}, block {base.block_length}; "
-          f"{machine()}")
+          f"hybrid kernel {kernel_ran(a.kernel, model.device)}; {machine()}")
     decode_times(shared, ids, base, False)  # warm-up
     rows, record = [], {}
     for name, (settings, compare) in configs.items():
@@ -94,7 +89,7 @@ def main(argv=None):
                         "turn_ms_per_step": round(turn, 2)}
     print_table(rows, [("name", "configuration", "<34"), ("wall", "wall ms/step", ".1f"),
                        ("model", "model ms/step", ".1f"), ("turn", "chat turn ms/step", ".1f")])
-    emit_json({"bench": "demo", "model": a.model, "prompt_tokens": len(ids), "gen_length": base.gen_length,
+    emit_json({"bench": "demo", "model": a.model, "kernel": kernel_ran(a.kernel, model.device), "prompt_tokens": len(ids), "gen_length": base.gen_length,
                "steps": base.steps, "block_length": base.block_length, "machine": machine(), "results": record})
 
 

@@ -12,21 +12,18 @@ a real run does (records.jsonl in a temporary directory). Prints a table, then o
 from __future__ import annotations
 
 import argparse
-import sys  # noqa: E402
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import REPO, emit_json, machine, print_table, random_llada, sync
+from _common import REPO, add_kernel_flag, emit_json, kernel_ran, machine, print_table, random_llada, sync
 
-sys.path.insert(0, str(REPO / "scripts"))
-from make_tiny_model import build_tokenizer  # noqa: E402
-
-from support_basis.evaluation.data import load_items  # noqa: E402
-from support_basis.evaluation.records import RecordStore  # noqa: E402
-from support_basis.evaluation.runner import evaluate  # noqa: E402
-from support_basis.evaluation.tasks import TASKS  # noqa: E402
+from support_basis.evaluation.data import load_items
+from support_basis.evaluation.records import RecordStore
+from support_basis.evaluation.runner import evaluate
+from support_basis.evaluation.tasks import TASKS
+from support_basis.tiny_model import build_tokenizer
 
 
 def fixture_items(repeat: int):
@@ -45,13 +42,14 @@ def main(argv=None):
     p.add_argument("--size", default="mid", choices=["small", "mid", "full"],
                    help="random model: small (4 x 256), mid (8 layers x 1024, default), full (the LLaDA-8B shape)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the fixture questions (default 1: 25 items)")
+    add_kernel_flag(p)
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if (device == "cuda" or a.size == "full") else torch.float32
     tokenizer = build_tokenizer(512)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|mdm_mask|>", "<|endoftext|>")}
     model = random_llada(a.size, device, dtype, mask_token_id=ids["<|mdm_mask|>"],
-                         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
+                         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], hybrid_kernel=a.kernel)
     work = fixture_items(a.repeat)
     n_items = sum(len(items) for _, items in work)
     shape = {"full": "LLaDA-8B shape", "mid": "mid-size (8 layers, d_model 1024)", "small": "small (4 layers, d_model 256)"}[a.size]
@@ -72,8 +70,9 @@ def main(argv=None):
                     evaluate(task, items, model, tokenizer, settings, store, batch_size=batch, progress=False)
                 sync(device)
                 seconds = time.perf_counter() - t0
-            rows.append(dict(attention=attention, batch=batch, seconds=seconds, items_per_s=n_items / seconds))
-    print_table(rows, [("attention", "attention", "s"), ("batch", "batch", "d"), ("seconds", "seconds", ".1f"),
+            rows.append(dict(attention=attention, kernel="sdpa" if ratio == 1 else kernel_ran(a.kernel, device, dtype),
+                             batch=batch, seconds=seconds, items_per_s=n_items / seconds))
+    print_table(rows, [("attention", "attention", "s"), ("kernel", "kernel", "s"), ("batch", "batch", "d"), ("seconds", "seconds", ".1f"),
                        ("items_per_s", "items/s", ".2f")])
     speedup = {}
     for name in dict.fromkeys(r["attention"] for r in rows):

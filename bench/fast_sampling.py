@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import REPO, emit_json, machine, print_table, random_llada
+from _common import REPO, add_kernel_flag, emit_json, kernel_ran, machine, print_table, random_llada
 
-from generate import generate  # noqa: E402  (path set by _common)
+from support_basis.sampling import generate
 
 CACHES = ("none", "prefix", "dual")
 RULES = {"fixed": {}, "threshold 0.9": {"threshold": 0.9}, "factor 1.0": {"factor": 1.0}}
@@ -182,21 +182,23 @@ def main(argv=None):
     p.add_argument("--task", default="arc_challenge", help="accuracy part: the runner schema to use")
     p.add_argument("--limit", type=int, default=200, help="accuracy part: items (default 200)")
     p.add_argument("--batch-size", type=int, default=8, help="accuracy part: prompts per batch (default 8)")
+    add_kernel_flag(p)
     a = p.parse_args(argv)
     if a.quick:
         a.gen_length, a.prompt_length, a.limit = 64, 32, 24
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = dict(bench="fast_sampling", machine=machine(), device=device, gen_length=a.gen_length,
-               block_length=a.block_length)
-    print(f"# fast sampling: gen_length {a.gen_length}, block {a.block_length}; {machine()}")
+               block_length=a.block_length, kernel=kernel_ran(a.kernel, device))
+    print(f"# fast sampling: gen_length {a.gen_length}, block {a.block_length}; hybrid rows run kernel "
+          f"{kernel_ran(a.kernel, device)}; {machine()}")
 
     if a.part in ("all", "speed", "errors"):
-        model = random_llada("mid", device, torch.float32)
+        model = random_llada("mid", device, torch.float32, hybrid_kernel=a.kernel)
         g = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, model.config.vocab_size - 1000, (1, a.prompt_length), generator=g).to(device)
         with torch.no_grad():
             generate(model, prompt, steps=2, gen_length=a.block_length, block_length=a.block_length, cache="dual")
-            model.config.hybrid_exact_ratio = 0.2  # warm-up: kernels (compiled on request) and allocator
+            model.config.hybrid_exact_ratio = 0.2  # warm-up: kernels (built or compiled once) and allocator
             generate(model, prompt, steps=2, gen_length=a.block_length, block_length=a.block_length, cache="dual")
         if a.part in ("all", "speed"):
             print(f"## speed: random mid-size LLaDA (8 layers, d_model 1024), fp32, batch 1, prompt "
@@ -241,16 +243,13 @@ def _mid_state(prompt, config, gen_length, block_length, g):
 
 
 def _trained_parts(a, model_dir, device):
-    from generate import load_model_and_tokenizer, tokenize_prompts
+    from support_basis.loading import load_model_and_tokenizer, tokenize_prompts
 
     out = {}
-    model, tokenizer = load_model_and_tokenizer(str(model_dir), "float32", device)
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), "float32", device, hybrid_kernel=a.kernel)
     data = Path(a.data) if a.data else Path(tempfile.mkdtemp(prefix="heldout-"))
     if not a.data:
-        sys.path.insert(0, str(REPO / "scripts"))
-        from make_synthetic_data import write_heldout
-
-        from support_basis.synthetic import KINDS
+        from support_basis.synthetic import KINDS, write_heldout
 
         write_heldout(data, n=max(1, a.limit // len(KINDS)), seed=1234)  # every kind alike (the file is by kind)
     with torch.no_grad():

@@ -15,9 +15,10 @@ import argparse
 import time
 
 import torch
-from _common import emit_json, machine, print_table, random_llada, sync
+from _common import add_kernel_flag, emit_json, kernel_ran, machine, print_table, random_llada, sync
 
-from generate import generate, left_pad  # noqa: E402  (path set by _common)
+from support_basis.loading import left_pad
+from support_basis.sampling import generate
 
 
 def prompts(n: int, vocab: int, seed: int = 0) -> list[torch.Tensor]:
@@ -47,10 +48,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--gen-length", type=int, default=32)
     p.add_argument("--block-length", type=int, default=32)
+    add_kernel_flag(p)
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if (device == "cuda" or a.size == "full") else torch.float32
-    model = random_llada(a.size, device, dtype)
+    model = random_llada(a.size, device, dtype, hybrid_kernel=a.kernel)
     seqs = prompts(a.prompts, model.config.vocab_size)
     shape = {"full": "LLaDA-8B shape", "mid": "mid-size (8 layers, d_model 1024)", "small": "small (4 layers, d_model 256)"}[a.size]
     print(f"# generate: random {shape}, {str(dtype)[6:]} on {device}; {a.prompts} prompts of 48..160 tokens, "
@@ -61,9 +63,10 @@ def main(argv=None):
         model.config.hybrid_exact_ratio = ratio
         for batch in (1, 8):
             seconds, forwards = run(model, seqs, batch, a.steps, a.gen_length, a.block_length, device)
-            rows.append(dict(attention=attention, batch=batch, seconds=seconds,
+            rows.append(dict(attention=attention, kernel="sdpa" if ratio == 1 else kernel_ran(a.kernel, device, dtype),
+                             batch=batch, seconds=seconds,
                              tokens_per_s=len(seqs) * a.gen_length / seconds, forwards_per_s=forwards / seconds))
-    print_table(rows, [("attention", "attention", "s"), ("batch", "batch", "d"), ("seconds", "seconds", ".2f"),
+    print_table(rows, [("attention", "attention", "s"), ("kernel", "kernel", "s"), ("batch", "batch", "d"), ("seconds", "seconds", ".2f"),
                        ("tokens_per_s", "tokens/s", ".1f"), ("forwards_per_s", "forwards/s", ".2f")])
     speedup = {r["attention"]: None for r in rows}
     for name in speedup:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 from _common import emit_json, machine, print_table
-from paper_baseline import paper_hybrid_attention  # noqa: E402
+from paper_baseline import paper_hybrid_attention
 
-from hybrid_attention import hybrid_attention  # noqa: E402  (path set by _common)
+from support_basis.llada.hybrid_attention import hybrid_attention
 
 SENTENCES = [
     "A man is playing a guitar on stage while the crowd sings along.",
@@ -151,7 +151,6 @@ def paper(q, k, v, degree):
 
 
 def measure(store) -> list[dict]:
-    os.environ.pop("HYBRID_ATTENTION_COMPILE", None)  # the default kernel (accuracy does not depend on it)
     rows = []
     for layer, items in store.items():
         for degree in DEGREES:

@@ -40,8 +40,8 @@ def free_form(configs: list[tuple[float, int]], n: int, data: Path) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    sys.path.insert(0, str(REPO))
-    from generate import encode_prompts, generate
+    from support_basis.loading import encode_prompts
+    from support_basis.sampling import generate
 
     rows = [json.loads(x) for x in (data / "recall_free.jsonl").read_text().splitlines()[:n]]
     model = AutoModel.from_pretrained(CKPT, trust_remote_code=True, dtype=torch.float32).eval()

@@ -34,15 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 import torch
 
 from support_basis import efficiency as eff
-from support_basis.errors import ArgumentParser, check_output_dir, cli
+from support_basis.errors import ArgumentParser, check_output_dir, cli, number
 from support_basis.reporting import machine
+
+REPO = Path(__file__).resolve().parents[1]
 
 FULL = {
     "n": 4096,
@@ -82,18 +80,6 @@ STYLE = {
 # ----------------------------------------------------------------------------------------------------------------
 # Argument parsing (errors name the flag, the value and what is allowed)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -145,27 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "efficiency", help="output directory")
     p.add_argument("--quick", action="store_true",
                    help=f"small settings for tests (under a minute): {QUICK}; explicit flags still win")
-    p.add_argument("--n", type=_int_at_least(2), default=None, help=f"n of the threshold sweep [{FULL['n']}]")
-    p.add_argument("--d", type=_int_at_least(1), default=None, help=f"head dimension [{FULL['d']}]")
-    p.add_argument("--degree", type=_int_at_least(1), default=None, help=f"polynomial degree g [{FULL['degree']}]")
+    p.add_argument("--n", type=number(2, integer=True), default=None, help=f"n of the threshold sweep [{FULL['n']}]")
+    p.add_argument("--d", type=number(1, integer=True), default=None, help=f"head dimension [{FULL['d']}]")
+    p.add_argument("--degree", type=number(1, integer=True), default=None, help=f"polynomial degree g [{FULL['degree']}]")
     p.add_argument("--thresholds", type=_list_of(_positive_float, "positive numbers"), default=None,
                    help="comma-separated thresholds T of the threshold sweep [0.15,0.2,...,0.5]")
-    p.add_argument("--n-sweep", type=_list_of(_int_at_least(2), "integers >= 2"), default=None,
+    p.add_argument("--n-sweep", type=_list_of(number(2, integer=True), "integers >= 2"), default=None,
                    help=f"comma-separated n of the scaling sweep [{','.join(map(str, FULL['n_sweep']))}]")
     p.add_argument("--sweep-threshold", type=_positive_float, default=None,
                    help=f"T (T1 for sbm) of the n sweep [{FULL['sweep_threshold']}]")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the sketch")
     p.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu or cuda[:index]")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="working dtype of all methods")
-    p.add_argument("--repeats", type=_int_at_least(1), default=None,
+    p.add_argument("--repeats", type=number(1, integer=True), default=None,
                    help=f"timed rounds per measurement, methods interleaved, best kept; after one warm-up "
                         f"[{FULL['repeats']}]")
-    p.add_argument("--levels", type=_int_at_least(1), default=3, help="number of thresholds of sbm")
+    p.add_argument("--levels", type=number(1, integer=True), default=3, help="number of thresholds of sbm")
     p.add_argument("--ratio", type=_positive_float, default=2.0, help="ratio between consecutive sbm thresholds (>1)")
-    p.add_argument("--sketch-dim", type=_int_at_least(1), default=1024, help="TensorSketch size per degree >= 2")
-    p.add_argument("--matrix-max-n", type=_int_at_least(0), default=None,
+    p.add_argument("--sketch-dim", type=number(1, integer=True), default=1024, help="TensorSketch size per degree >= 2")
+    p.add_argument("--matrix-max-n", type=number(0, integer=True), default=None,
                    help=f"largest n whose attention-matrix error is measured [{FULL['matrix_max_n']}]")
-    p.add_argument("--heavy-n", type=_int_at_least(0), default=None,
+    p.add_argument("--heavy-n", type=number(0, integer=True), default=None,
                    help=f"n of the heavy-tail table, 0 to skip [{FULL['heavy_n']}]")
     p.add_argument("--heavy-sigma", type=_positive_float, default=1.0, help="log-normal sigma of the row magnitudes")
     p.add_argument("--heavy-top-fraction", type=_fraction, default=0.02,

@@ -28,13 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from support_basis import entries as es
+from support_basis.errors import ArgumentParser, UserError, check_output_dir, cli, positive_int, read_text
+from support_basis.model_dir import check_device, check_model_dir
 
-from support_basis import entries as es  # noqa: E402
-from support_basis.errors import ArgumentParser, UserError, check_output_dir, cli, positive_int, read_text  # noqa: E402
-from support_basis.model_dir import check_device, check_model_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

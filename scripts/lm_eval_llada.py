@@ -18,14 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from support_basis.errors import UserError, cli
+from support_basis.process_group import leave_process_group
 
-from support_basis.errors import UserError, cli  # noqa: E402
-from support_basis.process_group import leave_process_group  # noqa: E402
 
 
 def check_llada_args(argv: list[str]) -> None:

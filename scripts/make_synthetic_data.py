@@ -15,34 +15,11 @@ fixed held-out split that training never sees (``support_basis/synthetic/problem
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from support_basis.errors import ArgumentParser  # noqa: E402
-from support_basis.synthetic import KINDS, SCHEMA_WRITERS, heldout_problems, to_row  # noqa: E402
-
-
-def write_heldout(out: Path, n: int, seed: int, kinds=KINDS) -> list[Path]:
-    """Write the files (each atomically) and return their paths."""
-    per_kind = [heldout_problems(kind, n, seed) for kind in kinds]
-    problems = [group[i] for i in range(n) for group in per_kind]  # interleaved: any --limit keeps every kind
-    files = {task: [to_row(p, task, i) for i, p in enumerate(problems)] for task in SCHEMA_WRITERS}
-    if "recall" in kinds:
-        files["recall_free"] = [{"id": p.uid, "prompt": p.question, "answer": p.answer}
-                                for p in heldout_problems("recall", n, seed)]
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, rows in files.items():
-        path = out / f"{name}.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+from support_basis.errors import ArgumentParser
+from support_basis.synthetic import KINDS, write_heldout  # noqa: F401  (re-exported)
 
 
 def main(argv=None) -> int:

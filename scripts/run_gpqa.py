@@ -4,12 +4,8 @@
     python scripts/run_gpqa.py --model_name models/LLaDA-8B-Instruct-BS --exact_ratio 0.2 --chebyshev_degree 6
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from support_basis.evaluation.cli import main  # noqa: E402
+from support_basis.evaluation.cli import main
 
 if __name__ == "__main__":
     main("gpqa")

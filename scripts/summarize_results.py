@@ -7,12 +7,8 @@ summary.md has one table per answer parser (reader, the default; paper, the pape
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from support_basis.errors import ArgumentParser, cli  # noqa: E402
+from support_basis.errors import ArgumentParser, cli
 
 
 @cli

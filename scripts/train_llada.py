@@ -17,12 +17,6 @@ Objective (``support_basis/training/loss.py``): prompt tokens never masked; each
 cross-entropy on the masked tokens weighted by ``1/t`` and normalised by the response length. Attention is exact
 while training (``hybrid_exact_ratio`` is set to 1 for the run and restored in the exported config).
 
-``--aux-prev-tokens 1,2`` adds a training signal that is not LLaDA's: linear read-outs of the tokens one and two
-positions to the left, from the first block's output (``support_basis/training/aux.py``). It supervises the hop a
-key lookup needs before its match; the read-outs are saved with the run's state, never exported. Off by default.
-Read out at every position they cost about half a step again on the tiny model (vocabulary-sized matmuls);
-``--aux-positions 16`` trains them on 16 random positions per sequence, at no measurable cost.
-
 Every batch and every mask draw is a function of ``(--seed, step)``, so a run killed at any point and continued
 with ``--resume`` ends with the same weights as an uninterrupted run. ``OUT.state/state.pt`` (weights, optimizer,
 step, learning curve) is replaced atomically every ``--save-every`` steps; ``OUT`` (a complete model directory
@@ -38,10 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from support_basis.errors import ArgumentParser  # no torch import: --help is quick
 
-from support_basis.errors import MAX_OFFSET, ArgumentParser, parse_offsets  # noqa: E402  (no torch import)
+REPO = Path(__file__).resolve().parents[1]
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
@@ -63,17 +56,6 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pretrain-share", type=float, default=0.0,
                    help="share of micro-batches trained with LLaDA's pre-training objective instead (every token, "
                    "prompt included, may be masked); default 0 = pure SFT")
-    p.add_argument("--aux-prev-tokens", default=None,
-                   help="comma-separated offsets, e.g. 1,2: also train linear read-outs of the tokens that far to the "
-                   "left from block --aux-layer's output (support_basis/training/aux.py; not LLaDA's objective, "
-                   "never exported); default off")
-    p.add_argument("--aux-weight", type=float, default=1.0, help="weight of that read-out loss (default 1)")
-    p.add_argument("--aux-layer", type=int, default=1, help="the block whose output is read (default 1, the first)")
-    p.add_argument("--aux-positions", type=int, default=0,
-                   help="positions per sequence the read-outs are trained on, drawn at random each step "
-                   "(default 0 = every position; a few dozen cost a fraction of it)")
-    p.add_argument("--aux-until", type=float, default=1.0,
-                   help="share of --steps during which the read-out loss is on (default 1 = the whole run)")
     p.add_argument("--min-response", type=int, default=0,
                    help="JSONL data: fill every response with EOS to at least this many tokens")
     p.add_argument("--kinds", default=None, help="synthetic data: comma-separated subset of the task kinds")
@@ -118,17 +100,6 @@ def check_args(p: ArgumentParser, a) -> None:
         p.error(f"--pretrain-share must be in [0, 1]; got {a.pretrain_share}")
     if not 0 < a.eps < 1:
         p.error(f"--eps must be in (0, 1); got {a.eps}")
-    if a.aux_prev_tokens is not None:
-        a.aux_offsets = parse_offsets(a.aux_prev_tokens)
-        if not a.aux_offsets:
-            p.error(f"--aux-prev-tokens {a.aux_prev_tokens!r}: give comma-separated offsets in [1, {MAX_OFFSET}], "
-                    "e.g. 1,2")
-    if not (math.isfinite(a.aux_weight) and a.aux_weight >= 0):
-        p.error(f"--aux-weight must be >= 0; got {a.aux_weight}")
-    if a.aux_positions < 0:
-        p.error(f"--aux-positions must be >= 0 (0 = every position); got {a.aux_positions}")
-    if not 0 <= a.aux_until <= 1:
-        p.error(f"--aux-until must be in [0, 1]; got {a.aux_until}")
     if a.stop_after is not None and a.stop_after < 1:
         p.error(f"--stop-after must be >= 1; got {a.stop_after}")
     if a.save_every % a.log_every:
@@ -140,10 +111,6 @@ def check_args(p: ArgumentParser, a) -> None:
     if not (model / "config.json").is_file():
         p.error(f"--model {a.model}: not a model directory (no config.json); build one with "
                 "scripts/make_tiny_model.py or scripts/prepare_model.py")
-    if a.aux_prev_tokens is not None:
-        n_layers = json.loads((model / "config.json").read_text()).get("n_layers", 0)
-        if not 1 <= a.aux_layer <= n_layers:
-            p.error(f"--aux-layer {a.aux_layer}: the model has {n_layers} blocks; give 1 to {n_layers}")
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {a.out} is a file; give a directory path")
@@ -177,8 +144,7 @@ def state_path(out: Path) -> Path:
 
 # The arguments a resumed run must share with the run it continues (the rest may change, e.g. --save-every).
 RUN_IDENTITY = ("model", "data", "steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
-                "weight_decay", "grad_clip", "eps", "pretrain_share", "min_response", "kinds", "seed", "precision",
-                "aux_prev_tokens", "aux_weight", "aux_layer", "aux_until", "aux_positions")
+                "weight_decay", "grad_clip", "eps", "pretrain_share", "min_response", "kinds", "seed", "precision")
 
 
 def lr_at(step: int, a) -> float:
@@ -198,7 +164,6 @@ def main(argv=None) -> int:
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer
 
-    from support_basis.training.aux import PreviousTokenProbe
     from support_basis.training.checkpoint import export_model, load_state, save_state
     from support_basis.training.data import DataError, Encoder, JsonlSource, SyntheticSource
     from support_basis.training.loss import sft_loss
@@ -236,13 +201,7 @@ def main(argv=None) -> int:
     ratio = model.config.hybrid_exact_ratio
     model.config.hybrid_exact_ratio = 1.0  # train with exact attention; the export keeps the configured knobs
     model.to(device).train()
-    probe = None
-    if a.aux_prev_tokens is not None:  # trained beside the model, saved in the run's state, never exported
-        torch.manual_seed(a.seed)
-        probe = PreviousTokenProbe(model.config.d_model, model.config.embedding_size, a.aux_offsets, a.aux_layer,
-                                   a.aux_positions)
-        probe.to(device=device, dtype=next(model.parameters()).dtype).train()
-    trained = list(model.named_parameters()) + (list(probe.named_parameters()) if probe is not None else [])
+    trained = list(model.named_parameters())
     decay = [q for n, q in trained if q.dim() >= 2]
     no_decay = [q for n, q in trained if q.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
@@ -251,8 +210,6 @@ def main(argv=None) -> int:
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        if probe is not None:
-            probe.load_state_dict(state["aux"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
     elapsed0 = log[-1]["elapsed_s"] if log else 0.0
@@ -263,9 +220,8 @@ def main(argv=None) -> int:
 
     def checkpoint(step):
         cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        extra = {} if probe is None else {"aux": {k: v.detach().cpu() for k, v in probe.state_dict().items()}}
         save_state(state_path(Path(a.out)), {"model": cpu_state, "optimizer": optimizer.state_dict(), "step": step,
-                                             "log": log, "args": identity, **extra})
+                                             "log": log, "args": identity})
         model.config.hybrid_exact_ratio = ratio
         try:
             export_model(Path(a.out), model, tokenizer, Path(a.model),
@@ -277,9 +233,8 @@ def main(argv=None) -> int:
 
     bar = tqdm(range(start, a.steps), initial=start, total=a.steps, disable=a.no_progress, desc="train",
                dynamic_ncols=True)
-    window, aux_window, done = [], [], start
+    window, done = [], start
     for step in bar:
-        use_probe = probe if probe is not None and step < a.aux_until * a.steps else None
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, a)
         total = 0.0
@@ -289,13 +244,9 @@ def main(argv=None) -> int:
             if a.pretrain_share and torch.rand((), generator=gen) < a.pretrain_share:
                 response = torch.ones_like(response)  # pre-training: the whole sequence is the "response"
             with autocast:
-                out = sft_loss(model, ids.to(device), response.to(device), mask_id, a.eps, gen, use_probe)
-            sft, aux = out if use_probe is not None else (out, None)
-            loss = sft if aux is None else sft + a.aux_weight * aux
+                loss = sft_loss(model, ids.to(device), response.to(device), mask_id, a.eps, gen)
             (loss / a.grad_accum).backward()
-            total += float(sft.detach()) / a.grad_accum  # the curve's `loss` stays LLaDA's own objective
-            if aux is not None:
-                aux_window.append(float(aux.detach()))
+            total += float(loss.detach()) / a.grad_accum
         if not math.isfinite(total):
             raise FloatingPointError(f"loss is {total} at step {step}; lower --lr or check the data")
         if a.grad_clip:
@@ -308,9 +259,7 @@ def main(argv=None) -> int:
         if done % a.log_every == 0 or done == a.steps:
             entry = {"step": done, "loss": sum(window) / len(window), "lr": lr_at(step, a),
                      "elapsed_s": round(elapsed0 + time.time() - t0, 1)}
-            if aux_window:
-                entry["aux_loss"] = sum(aux_window) / len(aux_window)
-            window, aux_window = [], []
+            window = []
             if a.data == "synthetic" and a.eval_every and (done % a.eval_every == 0 or done == a.steps):
                 from support_basis.training.evaluate import quick_eval
 

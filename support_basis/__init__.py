@@ -1,5 +1,7 @@
-"""Library code of the support-basis project (everything that is not the model directory itself).
+"""Library code of the support-basis project: everything but the model directory's own files.
 
-The model directory ``LLaDA-8B-Instruct-BS/`` is self-contained remote code; its files are also importable at
-the repository root (``hybrid_attention``, ``modeling_llada``, ``configuration_llada``) through symlinks.
+``support_basis.llada`` is the model directory ``LLaDA-8B-Instruct-BS/`` as a package (symlinks: one source of
+truth); ``sampling`` and ``loading`` are LLaDA's sampler and model loading; ``evaluation``, ``lm_eval_llada``,
+``efficiency``, ``entries``, ``demo``, ``training`` and ``synthetic`` serve the command lines in ``scripts/``,
+``generate.py`` and ``app.py``, which are thin over them. Nothing here imports a script.
 """

@@ -105,17 +105,43 @@ positive_int = number(1, integer=True)
 nonnegative_int = number(0, integer=True)
 
 
-MAX_OFFSET = 64  # the largest token offset a previous-token read-out flag accepts
+# ----------------------------------------------------------------------------------------------------------------
+# Values that arrive as Python objects (lm-eval's model arguments as text, the demo's widgets as floats): the one
+# coercion of each kind, with messages that name the setting, the value and the rule
+# ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_offsets(text: str) -> tuple[int, ...]:
-    """``"1,2"`` -> ``(1, 2)``; ``()`` when the text is not comma-separated integers in [1, ``MAX_OFFSET``] (the
-    read-out flags of ``scripts/train_llada.py`` and ``bench/lookup_probe.py`` turn that into their error)."""
-    try:
-        offsets = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        return ()
-    return offsets if offsets and 1 <= min(offsets) and max(offsets) <= MAX_OFFSET else ()
+def parse_number(value):
+    """A number given as text (``"32"``, ``"0.5"``) as int or float; anything else unchanged."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value.strip())
+            except ValueError:
+                pass
+    return value
+
+
+def whole(value, name: str, minimum: int | None = None) -> int:
+    """``value`` as an int: an int, an integral float (``32.0``, as JSON and number widgets send it) or either as
+    text; else ``ValueError`` naming ``name``, the value and the rule (``>= minimum`` where given)."""
+    got = parse_number(value)
+    if isinstance(got, float) and got.is_integer():
+        got = int(got)
+    if isinstance(got, bool) or not isinstance(got, int) or (minimum is not None and got < minimum):
+        raise ValueError(f"{name} must be an integer{'' if minimum is None else f' >= {minimum}'}; got {value!r}")
+    return got
+
+
+def finite(value, name: str, minimum: float | None = None) -> float:
+    """``value`` as a finite float (a number or its text); else ``ValueError`` naming ``name``, the value and the
+    rule (``>= minimum`` where given)."""
+    got = parse_number(value)
+    if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got) \
+            or (minimum is not None and got < minimum):
+        raise ValueError(f"{name} must be a finite number{'' if minimum is None else f' >= {minimum}'}; "
+                         f"got {value!r}")
+    return float(got)
 
 
 def utf8_text(text: str, what: str) -> str:

@@ -6,28 +6,37 @@
 
 or, by name: ``register()`` once, then ``from_pretrained(..., attn_implementation="support_basis")``. The knobs
 live on the model's config (``model.config.hybrid_exact_ratio`` / ``hybrid_chebyshev_degree``, and optionally
-``hybrid_exact_split`` / ``hybrid_fit``) and are read at every forward, as in the LLaDA-BS model; unset, they
-default to the shipped 0.2 / 6 / 0.5 / "chebyshev".
+``hybrid_exact_split`` / ``hybrid_fit`` / ``hybrid_kernel``) and are read at every forward, as in the LLaDA-BS
+model; unset, they default to the shipped 0.2 / 6 / 0.5 / "chebyshev" / "auto".
 """
 
 from __future__ import annotations
 
 import torch
 
-from hybrid_attention import (
+from .llada.configuration_llada import (
     DEFAULT_EXACT_SPLIT,
     DEFAULT_FIT,
+    DEFAULT_KERNEL,
     DEFAULT_NUM_SAMPLES,
-    hybrid_attention,
     validate_chebyshev_degree,
     validate_exact_ratio,
     validate_exact_split,
     validate_fit,
+    validate_kernel,
+    validate_num_samples,
 )
+from .llada.hybrid_attention import hybrid_attention
 
 BACKEND_NAME = "support_basis"
 DEFAULT_EXACT_RATIO = 0.2
 DEFAULT_CHEBYSHEV_DEGREE = 6
+_DEFAULTS = {"exact_ratio": DEFAULT_EXACT_RATIO, "chebyshev_degree": DEFAULT_CHEBYSHEV_DEGREE,
+             "num_samples": DEFAULT_NUM_SAMPLES, "exact_split": DEFAULT_EXACT_SPLIT, "fit": DEFAULT_FIT,
+             "kernel": DEFAULT_KERNEL}
+_VALIDATORS = {"exact_ratio": validate_exact_ratio, "chebyshev_degree": validate_chebyshev_degree,
+               "num_samples": validate_num_samples, "exact_split": validate_exact_split, "fit": validate_fit,
+               "kernel": validate_kernel}
 
 
 def support_basis_attention_forward(
@@ -51,11 +60,11 @@ def support_basis_attention_forward(
     if kwargs.get("output_attentions"):
         raise ValueError("support_basis attention never forms the weight matrix: output_attentions is unavailable")
     config = getattr(module, "config", None)
-    ratio = validate_exact_ratio(getattr(config, "hybrid_exact_ratio", DEFAULT_EXACT_RATIO))
-    degree = validate_chebyshev_degree(getattr(config, "hybrid_chebyshev_degree", DEFAULT_CHEBYSHEV_DEGREE))
-    samples = getattr(config, "hybrid_num_samples", DEFAULT_NUM_SAMPLES)
-    split = validate_exact_split(getattr(config, "hybrid_exact_split", DEFAULT_EXACT_SPLIT))
-    fit = validate_fit(getattr(config, "hybrid_fit", DEFAULT_FIT))
+    # any model's config: its hybrid_* fields enter here unchecked, so each goes through its validator under the
+    # field's own name (the message a person can act on)
+    knob = {name: _VALIDATORS[name](getattr(config, f"hybrid_{name}", default), f"hybrid_{name}")
+            for name, default in _DEFAULTS.items()}
+    ratio = knob["exact_ratio"]
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     lq, lk = query.shape[2], key.shape[2]
     if attention_mask is None and causal and lq > 1:
@@ -66,8 +75,9 @@ def support_basis_attention_forward(
     if ratio < 1 and attention_mask is not None:
         attention_mask = _mask_padded_queries(attention_mask, lq, lk)
     out = hybrid_attention(
-        query, key, value, attention_mask, exact_ratio=ratio, chebyshev_degree=degree, scaling=scaling,
-        num_samples=samples, exact_split=split, fit=fit,
+        query, key, value, attention_mask, exact_ratio=ratio, chebyshev_degree=knob["chebyshev_degree"],
+        scaling=scaling, num_samples=knob["num_samples"], exact_split=knob["exact_split"], fit=knob["fit"],
+        kernel=knob["kernel"],
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -109,6 +119,7 @@ def enable_hybrid_attention(
     chebyshev_degree: int = DEFAULT_CHEBYSHEV_DEGREE,
     exact_split: float = DEFAULT_EXACT_SPLIT,
     fit: str = DEFAULT_FIT,
+    kernel: str = DEFAULT_KERNEL,
 ):
     """Switch a loaded transformers model to hybrid attention with these knobs; returns the model."""
     name = register()
@@ -116,5 +127,6 @@ def enable_hybrid_attention(
     model.config.hybrid_chebyshev_degree = validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
     model.config.hybrid_exact_split = validate_exact_split(exact_split, "exact_split")
     model.config.hybrid_fit = validate_fit(fit, "fit")
+    model.config.hybrid_kernel = validate_kernel(kernel, "kernel")
     model.set_attn_implementation(name)
     return model

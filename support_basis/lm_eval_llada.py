@@ -60,6 +60,7 @@ the model argument wins)
 ``pretrained``        LLaDA-BS model directory (or hub id) -- required
 ``exact_ratio``       ``hybrid_exact_ratio`` in [0, 1]; 1.0 = exact attention (default: the directory's config)
 ``chebyshev_degree``  ``hybrid_chebyshev_degree`` >= 1 (default: the directory's config)
+``kernel``            ``hybrid_kernel``: auto | native | compiled | eager (default: the directory's config)
 ``mc_num``            Monte Carlo samples per request (default 128, LLaDA's)
 ``mc_batch_size``     stratification group, must divide ``mc_num`` (default ``min(mc_num, 32)``, LLaDA's default
                       mini-batch; LLaDA's published runs passed ``--batch_size 8``, i.e. groups of 8)
@@ -91,12 +92,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import math
 import os
 import struct
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 try:
@@ -112,14 +110,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:  # generate.py and hybrid_attention.py live at the repository root
-    sys.path.insert(0, str(_REPO))
-
-from generate import check_fast_sampling, check_schedule, generate, left_pad, model_device  # noqa: E402
-from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio  # noqa: E402
-from support_basis.errors import UserError  # noqa: E402
-from support_basis.model_dir import check_model_dir, load_config  # noqa: E402
+from .errors import UserError, finite, parse_number, whole
+from .llada.configuration_llada import validate_chebyshev_degree, validate_exact_ratio, validate_kernel
+from .loading import left_pad
+from .model_dir import check_model_dir, load_config
+from .sampling import check_fast_sampling, check_schedule, generate, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -325,31 +320,12 @@ def _arg(check, *args, **kwargs):
         raise ModelArgError(f"{MODEL_NAME} model argument: {err}") from None
 
 
-def _number(value):
-    """A numeric string as int or float (model arguments may arrive as text); anything else unchanged."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
-
-
 def _as_int(name: str, value, minimum: int = 1) -> int:
-    value = _number(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ModelArgError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
+    return _arg(whole, value, name, minimum)
 
 
 def _as_float(name: str, value, minimum: float = 0.0) -> float:
-    value = _number(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ModelArgError(f"{name} must be a finite number >= {minimum}; got {value!r}")
-    return float(value)
+    return _arg(finite, value, name, minimum)
 
 
 def _as_bool(name: str, value) -> bool:
@@ -374,6 +350,7 @@ class LLaDABSEvalHarness(LM):
         pretrained: str | None = None,
         exact_ratio: float | None = None,
         chebyshev_degree: int | None = None,
+        kernel: str | None = None,
         mc_num: int = 128,
         mc_batch_size: int | None = None,
         cfg: float = 0.0,
@@ -406,9 +383,10 @@ class LLaDABSEvalHarness(LM):
         if not pretrained:
             raise ModelArgError(f"{MODEL_NAME}: give the model directory as pretrained=DIR")
         self.exact_ratio = None if exact_ratio is None else _arg(
-            validate_exact_ratio, _number(exact_ratio), "exact_ratio")
+            validate_exact_ratio, parse_number(exact_ratio), "exact_ratio")
         self.chebyshev_degree = None if chebyshev_degree is None else _arg(
             validate_chebyshev_degree, _as_int("chebyshev_degree", chebyshev_degree), "chebyshev_degree")
+        self.kernel = None if kernel is None else _arg(validate_kernel, kernel, "kernel")
         self.mc_num = _as_int("mc_num", mc_num)
         self.mc_batch_size = min(self.mc_num, 32) if mc_batch_size is None else _as_int("mc_batch_size", mc_batch_size)
         if self.mc_num % self.mc_batch_size:
@@ -423,8 +401,8 @@ class LLaDABSEvalHarness(LM):
         self.logits_eos_inf = _as_bool("logits_eos_inf", logits_eos_inf)
         self.confidence_eos_eot_inf = _as_bool("confidence_eos_eot_inf", confidence_eos_eot_inf)
         self.cache_mode = cache
-        self.threshold = None if threshold is None else _number(threshold)
-        self.factor = None if factor is None else _number(factor)
+        self.threshold = None if threshold is None else parse_number(threshold)  # checked just below
+        self.factor = None if factor is None else parse_number(factor)
         _arg(check_fast_sampling, self.cache_mode, self.threshold, self.factor, remasking)
         if dtype not in ("auto", *DTYPES):
             raise ModelArgError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
@@ -509,7 +487,7 @@ class LLaDABSEvalHarness(LM):
 
         check_model_dir(name, "pretrained=")  # a LLaDA-BS directory with complete files (UserError otherwise)
         config = load_config(name, "pretrained=", hybrid_exact_ratio=self.exact_ratio,
-                             hybrid_chebyshev_degree=self.chebyshev_degree)
+                             hybrid_chebyshev_degree=self.chebyshev_degree, hybrid_kernel=self.kernel)
         if not hasattr(config, "hybrid_exact_ratio"):  # a hub id, not checked on disk
             raise UserError(f"pretrained={name} is not a LLaDA-BS model (its config has no hybrid_exact_ratio); "
                             "prepare one with scripts/prepare_model.py")

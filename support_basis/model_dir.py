@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import UserError, read_json_object
 
-CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
+from .llada import CODE_FILES  # noqa: E402  (the one list)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _MAX_HEADER = 100 << 20  # safetensors refuses headers above 100 MB
 MAKE_HINT = ("build the tiny smoke model with `python scripts/make_tiny_model.py DIR`, or prepare the official "

@@ -7,8 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+from support_basis.llada import CODE_FILES
+
 OFFICIAL_ONLY_KEYS = ("hybrid_exact_ratio", "hybrid_chebyshev_degree", "hybrid_num_samples", "auto_map")
-CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -61,15 +62,10 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 
 def foreign_tokenizer(d: Path, vocab_size: int = 700) -> None:
     """Replace the tokenizer by a bigger one: its special tokens get ids beyond the model's embedding rows."""
-    import sys
-
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from make_tiny_model import _write_tokenizer_config, build_tokenizer
+    from support_basis.tiny_model import build_tokenizer, write_tokenizer_config
 
     build_tokenizer(vocab_size).save_pretrained(d)
-    _write_tokenizer_config(d, 1024)
+    write_tokenizer_config(d, 1024)
 
 
 def broken_models(tiny: Path, root: Path) -> dict[str, Path]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 from pathlib import Path
 
-# On CPU the op runs its eager definition unless compilation is requested; tests keep it so explicitly, and
-# test_hybrid_attention.py::test_compiled_kernel_matches_eager checks the compiled kernel agrees.
-os.environ.setdefault("HYBRID_ATTENTION_COMPILE", "0")
+# Tests run the kernel users get (hybrid_kernel "auto": the native C kernel on this CPU) unless a test names another;
+# tests/test_hybrid_attention.py holds every kernel to the float64 reference.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,7 +17,6 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "llada-8b-instruct"
-sys.path.insert(0, str(REPO / "scripts"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -40,7 +38,7 @@ def shared_reference() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random LLaDA-BS directory (2 layers, d_model 64, 4 heads), built once per session."""
-    from make_tiny_model import make_tiny_model
+    from support_basis.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llada-bs", seed=0)
 
@@ -59,22 +57,13 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
 
 
-@pytest.fixture(scope="module")
-def bench_import():
-    """``bench_import("lookup_probe")`` imports ``bench/lookup_probe.py``; bench/_common defaults
-    HYBRID_ATTENTION_COMPILE for the benchmarks, so this process's setting is put back afterwards."""
-    import importlib
-
-    saved = os.environ.get("HYBRID_ATTENTION_COMPILE")
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        if saved is None:
-            os.environ.pop("HYBRID_ATTENTION_COMPILE", None)
-        else:
-            os.environ["HYBRID_ATTENTION_COMPILE"] = saved
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module, so a test can call its ``main(argv)`` in-process (scripts are command
+    lines, not importable library modules)."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

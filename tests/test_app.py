@@ -23,6 +23,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here starts app.py or drives a browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHIPPED_MODEL = REPO / "checkpoints" / "llada-tiny"

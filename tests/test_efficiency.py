@@ -284,6 +284,7 @@ def test_bad_arguments_raise_clear_errors(small_qkv):
         eff.single_threshold_attention(Q, K, V, scale, 2, 0.5, interval="loose")
 
 
+@pytest.mark.slow
 def test_methods_never_form_an_n_by_n_matrix():
     """Peak memory of each method at n = 8192 stays far below one n x n float64 matrix (512 MiB)."""
     code = (
@@ -345,6 +346,7 @@ def test_summarize_goals_detects_a_violation():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_quick_writes_results_and_plots(tmp_path):
     out_dir = tmp_path / "eff"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out_dir), "--d", "32"], cwd=REPO,
@@ -376,7 +378,9 @@ def test_cli_quick_writes_results_and_plots(tmp_path):
     (["--device", "tpu"], "--device", "tpu"),
 ])
 def test_cli_rejects_bad_arguments_naming_flag_and_value(argv, flag, value, capsys):
-    import efficiency_experiment as script  # scripts/ is on sys.path (tests/conftest.py)
+    from conftest import load_script
+
+    script = load_script("efficiency_experiment")
 
     parser = script.build_parser()
     with pytest.raises(SystemExit) as exc:

@@ -447,10 +447,11 @@ RUN_ALL = [
 
 
 def _env():
-    return dict(os.environ, HYBRID_ATTENTION_COMPILE="0", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                 HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", PYTHON=sys.executable)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,argv,expect", SUBPROCESS, ids=[s[0] for s in SUBPROCESS])
 def test_as_a_subprocess(script, argv, expect, ctx, tmp_path):
     work = tmp_path / "work"
@@ -464,6 +465,7 @@ def test_as_a_subprocess(script, argv, expect, ctx, tmp_path):
     assert snapshot(work) == before
 
 
+@pytest.mark.slow
 def test_run_all_sh(tmp_path):
     smoke = REPO / "results-smoke"
     smoke_before = snapshot(smoke) if smoke.exists() else None  # a developer's own smoke results may be there

@@ -113,7 +113,7 @@ def test_both_parsers_are_recorded_scored_and_reported(tiny_model_dir, tmp_path)
 
 
 def test_prepare_force_leaves_no_stale_weight_file(tiny_model_dir, tmp_path):
-    from prepare_model import prepare
+    from support_basis.prepare import prepare
     from transformers import AutoModel
 
     single = official_layout(tiny_model_dir, tmp_path / "single")

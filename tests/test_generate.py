@@ -256,6 +256,7 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys):
     assert code == 2 and "number of blocks" in err
 
 
+@pytest.mark.slow
 def test_cli_as_a_script(tiny_model_dir):
     res = subprocess.run([sys.executable, str(REPO / "generate.py"), "--model", str(tiny_model_dir), "--prompt",
                           "Hi", "--gen-length", "4", "--steps", "2", "--block-length", "4"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
@@ -11,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hybrid_attention as ha
-from hybrid_attention import hybrid_attention, hybrid_attention_reference, hybrid_thresholds
+import support_basis.llada.hybrid_attention as ha
+from support_basis.llada import hybrid_fit, hybrid_native
+from support_basis.llada.hybrid_attention import hybrid_attention, hybrid_thresholds
+from support_basis.llada.hybrid_native import native_error, native_library
+from support_basis.reference import chebval, hybrid_attention_reference, reference_chebfit_exp, reference_empirical_fit
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,17 +49,20 @@ def make_mask(kind: str, rng, b, lq, lk):
     raise ValueError(kind)
 
 
-@pytest.fixture(params=["eager", "native"])
-def kernel(request, monkeypatch):
-    """Run a test with the eager torch kernel (HYBRID_ATTENTION_COMPILE=0) and with the native CPU kernel (unset:
-    the default on a CPU, built here with the system C compiler)."""
-    if request.param == "native":
-        monkeypatch.delenv("HYBRID_ATTENTION_COMPILE", raising=False)
-        assert ha._native_library() is not None, ha._NATIVE.get("error")
-    else:
-        monkeypatch.setenv("HYBRID_ATTENTION_COMPILE", "0")
-    assert ha._kernel(torch.device("cpu"), torch.float32, False) == request.param
+@pytest.fixture(params=["auto", "eager"])
+def kernel(request):
+    """The kernel a test names: ``auto``, what users get (on this CPU the native C kernel for fp32/bf16/fp16 without
+    autograd, built here with the system C compiler; eager torch for float64 and autograd), and eager torch. The
+    compiled kernel is held to eager below (it compiles for 20-40 s)."""
+    if request.param == "auto":
+        assert native_library() is not None, native_error()
+        assert ha.select_kernel("auto", torch.device("cpu"), torch.float32, False) == "native"
     return request.param
+
+
+def run(kernel: str, *args, **kwargs) -> torch.Tensor:
+    """``hybrid_attention`` with the named kernel."""
+    return hybrid_attention(*args, kernel=kernel, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,8 +79,8 @@ def test_matches_float64_reference(rng, kernel, shape, mask_kind, ratio, degree)
     mask = make_mask(mask_kind, rng, b, lq, lk)
     ref = hybrid_attention_reference(q, k, v, mask, exact_ratio=ratio, chebyshev_degree=degree)
     # float64 inputs isolate the logic from rounding; fp32 is the production precision
-    out64 = hybrid_attention(q.double(), k.double(), v.double(), mask, exact_ratio=ratio, chebyshev_degree=degree)
-    out32 = hybrid_attention(q, k, v, mask, exact_ratio=ratio, chebyshev_degree=degree)
+    out64 = run(kernel, q.double(), k.double(), v.double(), mask, exact_ratio=ratio, chebyshev_degree=degree)
+    out32 = run(kernel, q, k, v, mask, exact_ratio=ratio, chebyshev_degree=degree)
     assert out32.dtype == torch.float32 and out32.shape == (b, h, lq, d)
     assert rel_err(out64, ref) < 1e-9
     assert rel_err(out32, ref) < 5e-6
@@ -93,8 +98,8 @@ def test_knobs_beyond_the_paper_match_the_reference(rng, kernel, shape, mask_kin
     mask = make_mask(mask_kind, rng, b, lq, lk)
     kw = dict(exact_ratio=ratio, chebyshev_degree=degree, exact_split=split, fit=fit)
     ref = hybrid_attention_reference(q, k, v, mask, **kw)
-    out64 = hybrid_attention(q.double(), k.double(), v.double(), mask, **kw)
-    out32 = hybrid_attention(q, k, v, mask, **kw)
+    out64 = run(kernel, q.double(), k.double(), v.double(), mask, **kw)
+    out32 = run(kernel, q, k, v, mask, **kw)
     assert rel_err(out64, ref) < 1e-9
     assert rel_err(out32, ref) < 5e-6
 
@@ -129,14 +134,14 @@ def test_empirical_fit_is_the_least_squares_solution_on_the_points(rng):
     weight = torch.rand(3, 500, generator=rng) > 0.2
     half = torch.tensor([0.5, 3.0, 9.0], dtype=torch.float64)
     for degree in (1, 4, 9):
-        fast = ha._fit_empirical(half, t, weight, degree)
+        fast = hybrid_fit.fit_empirical(half, t, weight, degree)
         for i in range(3):
-            uniform = ha._reference_chebfit_exp(-half[i].item(), half[i].item(), degree)
-            ref = ha._reference_empirical_fit(t[i][weight[i]], half[i].item(), uniform)
+            uniform = reference_chebfit_exp(-half[i].item(), half[i].item(), degree)
+            ref = reference_empirical_fit(t[i][weight[i]], half[i].item(), uniform)
             assert (fast[i] - ref).abs().max() < 1e-8 * ref.abs().max(), (degree, i)
     # no points at all: the paper's fit
-    none = ha._fit_empirical(half, t, torch.zeros_like(weight), 6)
-    assert torch.allclose(none, ha._fit_chebyshev(half, 6), rtol=1e-9, atol=1e-12)
+    none = hybrid_fit.fit_empirical(half, t, torch.zeros_like(weight), 6)
+    assert torch.allclose(none, hybrid_fit.fit_chebyshev(half, 6), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
@@ -172,9 +177,9 @@ def test_chebyshev_fit_matches_least_squares_on_4096_nodes():
     t = torch.linspace(-1, 1, 2001, dtype=torch.float64)
     for half in (0.3, 2.0, 7.5):
         for degree in (1, 3, 6, 12):
-            a = ha._exp_monomial_coefficients(torch.tensor([half], dtype=torch.float64), degree)[0]
+            a = hybrid_fit.exp_monomial_coefficients(torch.tensor([half], dtype=torch.float64), degree)[0]
             fast = sum(a[j] * t**j for j in range(degree + 1))
-            ref = ha._chebval(t, ha._reference_chebfit_exp(-half, half, degree))
+            ref = chebval(t, reference_chebfit_exp(-half, half, degree))
             assert (fast - ref).abs().max() < 1e-11 * math.exp(0)  # exp(s - hi) <= 1 on the interval
 
 
@@ -259,10 +264,10 @@ def test_padded_batch_equals_each_sequence_alone(rng, kernel, lengths, side, spl
         keep[i, :n] = True if side == "right" else keep[i, :n]
     mask = (keep[:, :, None] & keep[:, None, :])[:, None]  # padded keys AND queries, as the model passes it
     kw = dict(exact_ratio=0.2, chebyshev_degree=6, exact_split=split, fit=fit)
-    batch = hybrid_attention(q, k, v, mask, **kw)
+    batch = run(kernel, q, k, v, mask, **kw)
     for i in range(len(lengths)):
         idx = keep[i].nonzero()[:, 0]
-        alone = hybrid_attention(q[i : i + 1, :, idx], k[i : i + 1, :, idx], v[i : i + 1, :, idx], **kw)
+        alone = run(kernel, q[i : i + 1, :, idx], k[i : i + 1, :, idx], v[i : i + 1, :, idx], **kw)
         assert (batch[i : i + 1, :, idx] - alone).abs().max() <= 1e-5
         assert torch.all(batch[i, :, ~keep[i]] == 0)
 
@@ -277,7 +282,7 @@ def test_no_nan_or_inf_for_extreme_inputs(rng, kernel, dtype):
     mask[1] = False  # a fully masked batch element
     for ratio, degree, fit in [(0.2, 6, "chebyshev"), (0.0, 3, "chebyshev"), (0.02, 12, "chebyshev"),
                                (0.2, 300, "chebyshev"), (0.2, 6, "empirical"), (0.1, 200, "empirical")]:
-        out = hybrid_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, exact_ratio=ratio, chebyshev_degree=degree,
+        out = run(kernel, q.to(dtype), k.to(dtype), v.to(dtype), mask, exact_ratio=ratio, chebyshev_degree=degree,
                                fit=fit)
         assert torch.isfinite(out).all()
         assert torch.all(out[1] == 0) and torch.all(out[:, :, 1] == 0)
@@ -293,10 +298,10 @@ def test_any_accepted_degree_is_stable(rng, kernel, degree):
     q, k, v = qkv(rng, 1, 2, 2, 40, 40, 16, q_scale=3.0)  # wide intervals: the series converges only from ~40
     for ratio, tol32 in ((0.2, 5e-6), (0.0, 1e-3)):
         ref = hybrid_attention_reference(q, k, v, exact_ratio=ratio, chebyshev_degree=degree)
-        out64 = hybrid_attention(q.double(), k.double(), v.double(), exact_ratio=ratio, chebyshev_degree=degree)
+        out64 = run(kernel, q.double(), k.double(), v.double(), exact_ratio=ratio, chebyshev_degree=degree)
         assert rel_err(out64, ref) < 1e-9
         for dtype, tol in ((torch.float32, tol32), (torch.bfloat16, 2e-2)):
-            out = hybrid_attention(q.to(dtype), k.to(dtype), v.to(dtype), exact_ratio=ratio, chebyshev_degree=degree)
+            out = run(kernel, q.to(dtype), k.to(dtype), v.to(dtype), exact_ratio=ratio, chebyshev_degree=degree)
             assert torch.isfinite(out).all() and rel_err(out, ref) < tol, (ratio, dtype, rel_err(out, ref))
 
 
@@ -304,12 +309,12 @@ def test_horner_and_clenshaw_evaluate_the_same_polynomial(rng):
     """The two evaluation schemes agree where both are accurate (degree <= 8), in fp32."""
     t = torch.rand(4, 1, 1000, generator=rng) * 2 - 1
     half = torch.tensor([0.5, 2.0, 6.0, 12.0], dtype=torch.float64)
-    for degree in range(1, ha._HORNER_MAX_DEGREE + 1):
-        c = ha._fit_chebyshev(half, degree)
-        horner = ha._evaluate(ha._evaluation_coefficients(c, degree).float()[:, None], t, degree)
-        padded = F.pad(c, (0, ha._HORNER_MAX_DEGREE + 1 - degree))  # the same series, of a degree Clenshaw takes
-        clenshaw = ha._evaluate(padded.float()[:, None], t, ha._HORNER_MAX_DEGREE + 1)
-        exact = torch.stack([ha._chebval(t[i].double(), c[i]) for i in range(4)])
+    for degree in range(1, hybrid_fit.HORNER_MAX_DEGREE + 1):
+        c = hybrid_fit.fit_chebyshev(half, degree)
+        horner = ha._evaluate(hybrid_fit.evaluation_coefficients(c, degree).float()[:, None], t, degree)
+        padded = F.pad(c, (0, hybrid_fit.HORNER_MAX_DEGREE + 1 - degree))  # the same series, of a degree Clenshaw takes
+        clenshaw = ha._evaluate(padded.float()[:, None], t, hybrid_fit.HORNER_MAX_DEGREE + 1)
+        exact = torch.stack([chebval(t[i].double(), c[i]) for i in range(4)])
         assert (horner.double() - exact).abs().max() < 2e-6
         assert (clenshaw.double() - exact).abs().max() < 2e-6
 
@@ -324,7 +329,7 @@ def test_empty_inputs_give_what_sdpa_gives(rng, kernel, shape, mask_kind):
     sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1),
                                           attn_mask=mask)
     for ratio in (0.2, 1.0):
-        out = hybrid_attention(q, k, v, mask, exact_ratio=ratio, chebyshev_degree=6)
+        out = run(kernel, q, k, v, mask, exact_ratio=ratio, chebyshev_degree=6)
         assert out.shape == sdpa.shape == (b, h, lq, 8) and torch.equal(out, torch.zeros_like(out))
         assert torch.equal(out, sdpa)
     lo, hi = hybrid_thresholds(q, k, mask, exact_ratio=0.2)
@@ -340,8 +345,8 @@ def test_degenerate_scores_all_equal(rng):
 
 def test_deterministic(rng, kernel):
     q, k, v = qkv(rng, 1, 4, 4, 300, 300, 16)
-    a = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
-    b = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+    a = run(kernel, q, k, v, exact_ratio=0.2, chebyshev_degree=6)
+    b = run(kernel, q, k, v, exact_ratio=0.2, chebyshev_degree=6)
     assert torch.equal(a, b)
 
 
@@ -360,7 +365,7 @@ def test_kth_smallest_taken_is_the_rank_among_the_taken(rng):
 def test_native_thresholds_are_the_order_statistics(rng):
     """The native selection (histogram of the top bits, then a select within one bin) against sorting: ties,
     -inf entries, per-row and shared take masks, rows with nothing taken, tiny and large rows."""
-    assert ha._native_library() is not None, ha._NATIVE.get("error")
+    assert native_library() is not None, native_error()
     for trial in range(60):
         m = [1, 2, 7, 300, 5000][trial % 5]
         x = torch.randn(4, m, generator=rng) * (10.0 ** (trial % 4 - 1))
@@ -375,7 +380,7 @@ def test_native_thresholds_are_the_order_statistics(rng):
         flat = torch.randint(0, 3 * m, (4 if trial % 3 else 1, m), generator=rng)
         scores.view(4, -1).scatter_(1, flat.expand(4, -1), x)  # so that the sampled values are x
         x = scores.view(4, -1).gather(1, flat.expand(4, -1))  # (repeated positions keep the last write)
-        lo, hi = ha._native_thresholds(scores, flat, take, q_lo, q_hi)
+        lo, hi = hybrid_native.native_thresholds(scores, flat, take, q_lo, q_hi)
         for r in range(4):
             keep = x[r] > -math.inf
             if take is not None:
@@ -389,18 +394,38 @@ def test_native_thresholds_are_the_order_statistics(rng):
 
 
 def test_native_kernel_build_failure_falls_back_to_eager(rng, monkeypatch, tmp_path):
-    """No C compiler: one warning naming the cause and the way out, then the eager kernel (same results)."""
+    """No C compiler: ``auto`` warns once, naming the cause and the way out, then runs the eager kernel (same
+    results); naming ``native`` is an error that says why."""
     q, k, v = qkv(rng, 1, 2, 2, 30, 30, 16)
-    monkeypatch.setenv("HYBRID_ATTENTION_COMPILE", "0")
-    eager = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
-    monkeypatch.delenv("HYBRID_ATTENTION_COMPILE")
+    eager = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="eager")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("HYBRID_ATTENTION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ha, "_NATIVE", {})
-    with pytest.warns(RuntimeWarning, match="could not build the native CPU kernel.*HYBRID_ATTENTION_COMPILE=0"):
+    monkeypatch.setattr(hybrid_native, "_STATE", {})
+    with pytest.warns(RuntimeWarning, match='could not build the native CPU kernel.*hybrid_kernel="eager"'):
         out = hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
-    assert ha._kernel(torch.device("cpu"), torch.float32, False) == "eager"
+    assert ha.select_kernel("auto", torch.device("cpu"), torch.float32, False) == "eager"
     assert torch.equal(out, eager)
+    with pytest.raises(RuntimeError, match="kernel 'native': the native CPU kernel could not be built.*no-such"):
+        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="native")
+
+
+def test_a_named_kernel_runs_or_says_why_not(rng):
+    """``kernel=`` picks what computes the weights; ``native`` refuses what it cannot compute, naming the cause."""
+    cpu = torch.device("cpu")
+    assert ha.select_kernel("auto", cpu, torch.float32, False) == "native"
+    assert ha.select_kernel("auto", cpu, torch.float32, True) == "eager"  # autograd
+    assert ha.select_kernel("auto", cpu, torch.float64, False) == "eager"
+    assert ha.select_kernel("auto", torch.device("cuda"), torch.float32, False) == "compiled"
+    assert ha.select_kernel("compiled", cpu, torch.float32, False) == "compiled"
+    for device, dtype, grad, why in ((torch.device("cuda"), torch.float32, False, "cuda device"),
+                                     (cpu, torch.float64, False, "float64 scores"), (cpu, torch.float32, True, "autograd")):
+        with pytest.raises(ValueError, match=f"kernel 'native' runs on the CPU.*{why}.*use kernel 'auto' or 'eager'"):
+            ha.select_kernel("native", device, dtype, grad)
+    q, k, v = qkv(rng, 1, 2, 2, 20, 20, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64"):
+        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="native")
+    with pytest.raises(ValueError, match="kernel must be one of auto, native, compiled, eager.*'triton'"):
+        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="triton")
 
 
 def test_native_kernel_is_built_once_and_cached(monkeypatch, tmp_path):
@@ -409,14 +434,14 @@ def test_native_kernel_is_built_once_and_cached(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HYBRID_ATTENTION_CACHE", str(tmp_path))
     t0 = time.perf_counter()
-    ha._load_native()
+    hybrid_native._load()
     assert time.perf_counter() - t0 < 30  # generous: a shared CI machine; ~0.2 s on an idle one
     built = list(tmp_path.glob("hybrid_weights_*.so"))
     assert len(built) == 1 and not [p for p in tmp_path.iterdir() if p.is_dir()]  # no temporary left behind
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # a compiler-specific name: rebuilds...
     monkeypatch.delenv("CC")
     mtime = built[0].stat().st_mtime_ns
-    ha._load_native()
+    hybrid_native._load()
     assert built[0].stat().st_mtime_ns == mtime  # ... but the same compiler reuses the file
 
 
@@ -424,7 +449,7 @@ def test_no_host_synchronisation(rng, kernel, monkeypatch):
     """No .item(), .tolist(), .cpu(), .numpy() or tensor truth tests inside the forward (masked and unmasked)."""
     q, k, v = qkv(rng, 2, 4, 2, 200, 200, 16)
     mask = make_mask("random_bool", rng, 2, 200, 200)
-    hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)  # warm the shape caches (built once, on CPU)
+    run(kernel, q, k, v, exact_ratio=0.2, chebyshev_degree=6)  # warm the shape caches (built once, on CPU)
 
     def forbidden(name):
         def fail(*args, **kwargs):
@@ -437,7 +462,7 @@ def test_no_host_synchronisation(rng, kernel, monkeypatch):
     for m in (None, mask):
         for ratio in (0.0, 0.2, 1.0):
             for degree, fit in ((6, "chebyshev"), (12, "empirical")):
-                hybrid_attention(q, k, v, m, exact_ratio=ratio, chebyshev_degree=degree, fit=fit, exact_split=0.7)
+                run(kernel, q, k, v, m, exact_ratio=ratio, chebyshev_degree=degree, fit=fit, exact_split=0.7)
 
 
 def test_runs_on_the_meta_device():
@@ -493,62 +518,63 @@ def test_autograd_matches_the_reference(rng, mask_kind):
         assert torch.isfinite(fast).all() and rel_err(fast, ref) < 1e-8
 
 
-@pytest.mark.parametrize("setting", ["0", None])
-def test_memory_is_bounded_by_chunks_not_by_the_score_matrix(setting):
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["eager", "native"])
+def test_memory_is_bounded_by_chunks_not_by_the_score_matrix(kernel):
     """Peak extra memory (fresh process) stays far below one (B, H, L, L) fp32 score tensor (512 MB here): eager
     torch works in 16 MB chunks of scores, the native kernel in 64 MB ones (kept for the next call), next to the
     32 MB output."""
     code = r"""
-import resource, torch, hybrid_attention as ha
+import resource, sys, torch
+from support_basis.llada.hybrid_attention import hybrid_attention
 def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+kernel = sys.argv[1]
 g = torch.Generator().manual_seed(0)
-x = torch.randn(1, 2, 64, 16, generator=g); ha.hybrid_attention(x, x, x, exact_ratio=0.2, chebyshev_degree=6)
+x = torch.randn(1, 2, 64, 16, generator=g); hybrid_attention(x, x, x, exact_ratio=0.2, chebyshev_degree=6, kernel=kernel)
 q, k, v = (torch.randn(4, 32, 1024, 64, generator=g) for _ in range(3))
 m = torch.ones(4, 1, 1024, 1024, dtype=torch.bool); m[0, ..., :100] = False
 base = peak()
-ha.hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6)
-ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6)
+hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel=kernel)
+hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6, kernel=kernel)
 print(peak() - base)
 """
-    env = {k: v for k, v in os.environ.items() if k != "HYBRID_ATTENTION_COMPILE"}  # None: the native kernel
-    if setting is not None:
-        env["HYBRID_ATTENTION_COMPILE"] = setting
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code, kernel], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert float(res.stdout.strip()) < (128 if setting == "0" else 192)  # MB; the full score tensor: 512 MB
+    assert float(res.stdout.strip()) < (128 if kernel == "eager" else 192)  # MB; the full score tensor: 512 MB
 
 
+@pytest.mark.slow
 def test_compiled_kernel_matches_eager_and_fuses_the_weights(tmp_path):
     """The torch.compile-d block kernel computes what the eager definition computes (run in a fresh process), and
     Inductor fuses it as intended: one kernel for the row max and every weight (exp, polynomial, selection), the
     product with V as one matmul, one kernel for the row sums and the division. (The generated C++ is checked here;
     on a GPU the same graph goes to Triton, which no CPU-only machine can run.)"""
     code = r"""
-import re, torch, hybrid_attention as ha
+import re, torch
+import support_basis.llada.hybrid_attention as ha
 from torch._inductor.utils import run_and_get_code
 g = torch.Generator().manual_seed(0)
 q = torch.randn(2, 4, 96, 32, generator=g) * 2; k = torch.randn(2, 2, 96, 32, generator=g)
 v = torch.randn(2, 2, 96, 32, generator=g); m = torch.rand(2, 1, 96, 96, generator=g) > 0.2
-out, (source,) = run_and_get_code(lambda: ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6))
+out, (source,) = run_and_get_code(lambda: ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6,
+                                                              kernel="compiled"))
 assert "fn" in ha._COMPILED and "failed" not in ha._COMPILED, ha._COMPILED.get("failed")
 kernels = re.findall(r"^(cpp_fused_\w+) = async_compile", source, re.M)
 assert len(kernels) == 2, kernels
 assert all(op in kernels[0] for op in ("amax", "exp", "where", "clamp")), kernels
 assert "sum" in kernels[1] and "div" in kernels[1], kernels
 assert source.count("extern_kernels.bmm(") == 1, source.count("extern_kernels.bmm(")
-import os; os.environ["HYBRID_ATTENTION_COMPILE"] = "0"
-ref = ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6)
+ref = ha.hybrid_attention(q, k, v, m, exact_ratio=0.2, chebyshev_degree=6, kernel="eager")
 err = float((out - ref).abs().max())
 assert err < 1e-5, err
 print("ok", err)
 """
-    env = dict(os.environ, HYBRID_ATTENTION_COMPILE="1")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ok" in res.stdout
 
 
 def test_sdpa_dispatch_matches_torch(rng, kernel):
     q, k, v = qkv(rng, 2, 4, 4, 33, 33, 16)
-    out = hybrid_attention(q, k, v, exact_ratio=1.0, chebyshev_degree=6)
+    out = run(kernel, q, k, v, exact_ratio=1.0, chebyshev_degree=6)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))

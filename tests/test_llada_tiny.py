@@ -19,7 +19,9 @@ CKPT = REPO / "checkpoints" / "llada-tiny"
 def test_directory_is_complete_and_shares_the_model_code():
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (CKPT / name).is_file(), name
-    for name in ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py"):
+    from support_basis.llada import CODE_FILES
+
+    for name in CODE_FILES:
         path = CKPT / name
         assert path.is_symlink(), f"{name} must be a symlink into LLaDA-8B-Instruct-BS/ (one source of truth)"
         assert path.resolve() == (REPO / "LLaDA-8B-Instruct-BS" / name).resolve()

@@ -15,7 +15,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from conftest import REPO
-from generate import returned_cache
+from support_basis.llada import CODE_FILES
+from support_basis.sampling import returned_cache
 
 MODEL_DIR = REPO / "LLaDA-8B-Instruct-BS"
 
@@ -49,16 +50,20 @@ def test_model_directory_config_is_the_official_one_plus_the_knobs(shared_refere
 
 
 def test_top_level_files_are_the_model_directory_files():
-    for name in ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py"):
+    for name in CODE_FILES:  # at the top level and inside the package, each is a link to the model directory's file
         assert (REPO / name).resolve() == (MODEL_DIR / name).resolve(), name
+        assert (REPO / "support_basis" / "llada" / name).resolve() == (MODEL_DIR / name).resolve(), name
 
 
+@pytest.mark.slow
 def test_model_directory_is_self_contained(tmp_path, tiny_model_dir):
-    """A copy of the directory alone (no repository on sys.path) loads and runs as remote code."""
+    """A copy of the directory alone loads and runs as remote code: every module of this repository (installed
+    with it) is blocked in that process, so only the directory's own files can be used."""
     alone = tmp_path / "copied"
     shutil.copytree(tiny_model_dir, alone)
+    blocked = ["support_basis", "generate", *(name[:-3] for name in CODE_FILES)]
     code = (
-        "import sys, torch; sys.path = [p for p in sys.path if 'work/main' not in p or 'site-packages' in p]\n"
+        f"import sys, torch; sys.modules.update(dict.fromkeys({blocked!r}))  # None: importing them fails\n"
         "from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(alone)!r}, trust_remote_code=True)\n"
         "print(m(torch.tensor([[1, 2, 3]])).logits.shape)\n"
@@ -248,8 +253,7 @@ def test_official_config_loads_with_auto_config(shared_reference, tmp_path):
     d = tmp_path / "official"
     d.mkdir()
     shutil.copy(shared_reference / "config.json", d / "config.json")
-    for name in ("configuration_llada.py", "hybrid_attention.py"):
-        shutil.copy(MODEL_DIR / name, d / name)
+    shutil.copy(MODEL_DIR / "configuration_llada.py", d / "configuration_llada.py")  # the config needs nothing else
     cfg = AutoConfig.from_pretrained(d, trust_remote_code=True)
     assert (cfg.hybrid_exact_ratio, cfg.hybrid_chebyshev_degree) == (0.2, 6)
     assert cfg.use_cache is False and cfg.mask_token_id == 126336 and cfg.n_layers == 32
@@ -271,7 +275,7 @@ def test_forward_and_backward_with_autograd_on(tiny_model_dir, rng):
 def test_tied_embeddings_are_one_matrix_through_save_and_load(tmp_path):
     """``--weight-tying`` (the shipped tiny model's setting): no separate output layer is saved, and after loading
     the logits are the final hidden states against the input embedding (under either transformers)."""
-    from make_tiny_model import make_tiny_model
+    from support_basis.tiny_model import make_tiny_model
     from safetensors.torch import load_file
 
     out = make_tiny_model(tmp_path / "tied", weight_tying=True, seed=7)

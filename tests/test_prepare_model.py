@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import REPO
-from prepare_model import PrepareError, prepare
+from support_basis.prepare import PrepareError, prepare
 from test_model import official_llada_forward
 
 OFFICIAL_ONLY_KEYS = ("hybrid_exact_ratio", "hybrid_chebyshev_degree", "hybrid_num_samples", "auto_map")
@@ -101,6 +101,7 @@ def test_clear_errors_for_a_wrong_source(official_layout, tmp_path, edit, messag
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path, official_layout):
     script = str(REPO / "scripts" / "prepare_model.py")
     res = subprocess.run([sys.executable, script, "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],

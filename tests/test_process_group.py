@@ -41,6 +41,7 @@ print("THREADS", group_threads())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read from /proc (Linux)")
 @pytest.mark.parametrize("order", ["prepared", "unprepared"])
 def test_a_group_created_after_the_imports_is_freed_with_its_threads(order, tmp_path):

@@ -7,11 +7,12 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import train_llada
+from conftest import load_script
 from support_basis.training.data import Encoder, Example, SyntheticSource, collate
 from support_basis.training.loss import corrupt, sft_loss
+
+train_llada = load_script("train_llada")
 
 
 def _reference_loss(model, ids, response, mask_id, eps, seed):
@@ -99,72 +100,6 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.old"))
 
 
-def test_previous_token_readout_trains_beside_and_is_never_exported(tiny_model_dir, tmp_path):
-    """--aux-prev-tokens: its loss is logged apart and falls, LLaDA's own `loss` is still the SFT loss, the
-    exported directory holds the model's weights only, and a resumed run with the read-outs (on sampled positions,
-    drawn from the step's generator) ends bit-identical."""
-    aux = ("--aux-prev-tokens", "1,2", "--aux-until", "0.75", "--aux-positions", "8")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _train(tiny_model_dir, straight, "--steps", "40", *aux)
-    curve = [json.loads(line) for line in (straight / "training_log.jsonl").read_text().splitlines()]
-    assert [("aux_loss" in r) for r in curve] == [True, True, True, False]  # off after 0.75 * 40 steps
-    assert curve[2]["aux_loss"] < 0.8 * curve[0]["aux_loss"], curve
-    _train(tiny_model_dir, resumed, "--steps", "40", "--stop-after", "20", *aux)
-    _train(tiny_model_dir, resumed, "--steps", "40", "--resume", *aux)
-    a, b = _weights(straight), _weights(resumed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert a.keys() == _weights(tiny_model_dir).keys()  # no read-out weights in the model
-    state = torch.load(train_llada.state_path(resumed), weights_only=False)
-    assert set(state["aux"]) == {"readouts.0.weight", "readouts.0.bias", "readouts.1.weight", "readouts.1.bias"}
-
-
-def test_previous_token_probe_reads_what_is_there():
-    """A hidden state that holds the token k to the left (one-hot) is read exactly by the identity read-out, and
-    scores the probe's loss near 0; one that holds another offset's token does not; offsets past L are skipped."""
-    from support_basis.training.aux import PreviousTokenProbe
-
-    vocab, length = 50, 12
-    ids = torch.randint(0, vocab, (3, length), generator=torch.Generator().manual_seed(random.randrange(2**31)))
-    probe = PreviousTokenProbe(vocab, vocab, (2, length + 3), layer=1)
-    with torch.no_grad():
-        probe.readouts[0].weight.copy_(30 * torch.eye(vocab))
-        probe.readouts[0].bias.zero_()
-    shifted = torch.zeros(3, length, vocab)
-    shifted[:, 2:] = F.one_hot(ids[:, :-2], vocab).float()
-    assert probe.accuracy((None, shifted), ids) == 1.0 and float(probe((None, shifted), ids)) < 1e-6
-    wrong = torch.zeros(3, length, vocab)
-    wrong[:, 1:] = F.one_hot(ids[:, :-1], vocab).float()
-    assert probe.accuracy((None, wrong), ids) < 0.5 and float(probe((None, wrong), ids)) > 1.0
-    with pytest.raises(ValueError, match="offsets must be positive"):
-        PreviousTokenProbe(8, 8, (0,), 1)
-
-
-def test_previous_token_probe_on_sampled_positions():
-    """``positions=n``: n positions per row, the same for every offset, drawn from the generator (so a seeded run
-    reproduces them), each read against the token k to its left: exact where the hidden state holds it."""
-    from support_basis.training.aux import PreviousTokenProbe
-
-    vocab, length, offsets = 40, 16, (1, 3)
-    ids = torch.randint(0, vocab, (4, length), generator=torch.Generator().manual_seed(random.randrange(2**31)))
-    probe = PreviousTokenProbe(2 * vocab, vocab, offsets, layer=1, positions=5)
-    with torch.no_grad():  # read-out k reads its own half of the hidden state
-        for j, readout in enumerate(probe.readouts):
-            readout.weight.zero_()
-            readout.weight[:, j * vocab:(j + 1) * vocab] = 30 * torch.eye(vocab)
-            readout.bias.zero_()
-    right = torch.zeros(4, length, 2 * vocab)
-    for j, k in enumerate(offsets):
-        right[:, k:, j * vocab:(j + 1) * vocab] = F.one_hot(ids[:, :-k], vocab).float()
-    assert float(probe((None, right), ids, torch.Generator().manual_seed(1))) < 1e-6
-    swapped = torch.cat([right[..., vocab:], right[..., :vocab]], -1)  # each read-out sees the other offset's token
-    assert float(probe((None, swapped), ids, torch.Generator().manual_seed(1))) > 1.0
-    pairs = lambda seed: [t for _, _, t in probe._pairs((None, right), ids, torch.Generator().manual_seed(seed))]
-    assert all(torch.equal(x, y) for x, y in zip(pairs(7), pairs(7)))
-    assert [t.shape for t in pairs(7)] == [(4 * 5,)] * 2
-    with pytest.raises(ValueError, match="positions must be >= 0"):
-        PreviousTokenProbe(8, 8, (1,), 1, positions=-1)
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be >= 1; got 0"),
     (["--lr", "nan"], "--lr must be in (0, 1]"),
@@ -174,11 +109,6 @@ def test_previous_token_probe_on_sampled_positions():
     (["--resume"], "--resume: no checkpoint at"),
     (["--save-every", "15"], "must be a multiple of --log-every"),
     (["--device", "cuda:0"], "CUDA is not available") if not torch.cuda.is_available() else (["--steps", "-1"], ">= 1"),
-    (["--aux-prev-tokens", "0,2"], "--aux-prev-tokens '0,2': give comma-separated offsets in [1, 64]"),
-    (["--aux-prev-tokens", "1,x"], "--aux-prev-tokens '1,x': give comma-separated offsets"),
-    (["--aux-prev-tokens", "1", "--aux-layer", "3"], "--aux-layer 3: the model has 2 blocks"),
-    (["--aux-until", "1.5"], "--aux-until must be in [0, 1]; got 1.5"),
-    (["--aux-positions", "-1"], "--aux-positions must be >= 0 (0 = every position); got -1"),
 ])
 def test_bad_flags_fail_before_loading(tiny_model_dir, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -223,7 +153,7 @@ def test_an_answer_shown_in_the_prompt_is_its_tokens_there(kind):
 def test_embedding_std_redraws_only_the_embeddings(tiny_model_dir, tmp_path):
     """make_tiny_model --embedding-std: the token embeddings start at that scale, every other weight is the
     default build's (same seed), and the build is deterministic."""
-    from make_tiny_model import make_tiny_model
+    from support_basis.tiny_model import make_tiny_model
 
     out = make_tiny_model(tmp_path / "unit", seed=0, embedding_std=1.0)
     base, unit = _weights(tiny_model_dir), _weights(out)

@@ -13,8 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from generate import tokenize_prompts
-
+from ..loading import tokenize_prompts
 from . import render
 from .shared_model import SharedModel
 from .stepping import DecodeRun, Failed, Finished, Settings, Step, agreement, check_settings

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from generate import REMASKING, check_schedule, generate, model_device
-from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio
+from ..errors import finite, whole
+from ..llada.configuration_llada import validate_chebyshev_degree, validate_exact_ratio
+from ..sampling import REMASKING, check_schedule, generate, model_device
 
 from .shared_model import Decode, DecodeCancelled, SharedModel
 
@@ -60,33 +61,17 @@ def fast_sampling_parameters() -> dict[str, inspect.Parameter]:
     return {name: params[name] for name in FAST_SAMPLING_KEYWORDS if name in params}
 
 
-def _whole(name: str, value) -> int:
-    """Page widgets send numbers as floats: accept 32.0 as 32, refuse 32.5 naming the field."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number; got {value!r}")
-    return value
-
-
-def _number(name: str, value) -> float:
-    """A finite number (an emptied number box sends None)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    return float(value)
-
-
 def check_settings(s: Settings) -> Settings:
     """``s`` with whole numbers as ints; ``ValueError`` naming the setting, its value and the rule otherwise."""
     s = dataclasses.replace(
         s,
-        gen_length=_whole("gen length", s.gen_length),
-        steps=_whole("steps", s.steps),
-        block_length=_whole("block length", s.block_length),
-        chebyshev_degree=_whole("Chebyshev degree", s.chebyshev_degree),
-        seed=_whole("seed", s.seed),
-        temperature=_number("temperature", s.temperature),
-        cfg_scale=_number("CFG scale", s.cfg_scale),
+        gen_length=whole(s.gen_length, "gen length"),
+        steps=whole(s.steps, "steps"),
+        block_length=whole(s.block_length, "block length"),
+        chebyshev_degree=whole(s.chebyshev_degree, "Chebyshev degree"),
+        seed=whole(s.seed, "seed"),
+        temperature=finite(s.temperature, "temperature"),
+        cfg_scale=finite(s.cfg_scale, "CFG scale"),
         exact_ratio=validate_exact_ratio(s.exact_ratio, "exact ratio"),
     )
     validate_chebyshev_degree(s.chebyshev_degree, "Chebyshev degree")

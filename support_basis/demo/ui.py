@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-import generate as generate_module  # noqa: E402
+from .. import sampling  # noqa: E402
 
 from . import render  # noqa: E402
 from .session import Demo, View  # noqa: E402
@@ -33,7 +33,7 @@ OFF_AT_ZERO = ("threshold", "factor")
 def _fast_widget(name: str, parameter):
     """A widget for one of generate()'s fast-sampling keywords (issue 10)."""
     if name == "cache":
-        return gr.Dropdown(list(generate_module.CACHE_MODES), value=parameter.default, label="cache",
+        return gr.Dropdown(list(sampling.CACHE_MODES), value=parameter.default, label="cache",
                            info="keys/values kept: of the prompt side (prefix) or of all but the current block "
                                 "(dual); approximate")
     if name == "threshold":

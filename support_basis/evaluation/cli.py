@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ArgumentParser, UserError, check_output_dir, cli, number, positive_int
+from ..llada.configuration_llada import KERNELS
 from ..model_dir import check_device, check_model_dir
 from .answers import PARSERS
 from .data import load_items
@@ -30,6 +31,9 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--exact_split", type=float, default=0.5,
                    help="hybrid_exact_split: share of the exact budget for the largest scores (0.5 = paper)")
     p.add_argument("--fit", default="chebyshev", help="hybrid_fit: chebyshev (the paper) or empirical")
+    p.add_argument("--kernel", default=None, choices=KERNELS,
+                   help="hybrid_kernel: what computes the attention weights (default: the model's, normally auto; "
+                   "the same definition whichever runs, so not part of a run's identity)")
     p.add_argument("--configs", nargs="+", default=None, metavar="RATIO:DEGREE",
                    help="several attention configurations in one process (model loaded once), e.g. "
                    "--configs exact 0.2:4 0.2:6; replaces --exact_ratio/--chebyshev_degree")
@@ -83,8 +87,13 @@ def parse_configs(a) -> list[tuple[float, int]]:
 
 
 def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> dict:
-    from generate import check_fast_sampling, check_schedule
-    from hybrid_attention import validate_chebyshev_degree, validate_exact_ratio, validate_exact_split, validate_fit
+    from ..llada.configuration_llada import (
+        validate_chebyshev_degree,
+        validate_exact_ratio,
+        validate_exact_split,
+        validate_fit,
+    )
+    from ..sampling import check_fast_sampling, check_schedule
 
     check_fast_sampling(a.cache, a.threshold, a.factor, a.remasking, flags={
         "cache": "--cache", "threshold": "--threshold", "factor": "--factor", "remasking": "--remasking"})
@@ -167,9 +176,9 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
                           state.process_index, state.num_processes) for s in runs]
     for store in stores:
         store.check_items(items)
-    from generate import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name")
+    model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name", hybrid_kernel=a.kernel)
     from .runner import evaluate
 
     summaries = []

@@ -8,11 +8,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from generate import generate, left_pad, pad_id_of, tokenize_prompts
-
 from ..errors import UserError
+from ..loading import left_pad, pad_id_of, tokenize_prompts
 from ..model_dir import check_token_ids
 from ..reporting import machine
+from ..sampling import generate
 from .answers import paper_choice, parse_choice
 from .records import RecordStore, item_fingerprint, score
 from .tasks import Item, Task

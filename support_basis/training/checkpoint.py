@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py")
+from ..llada import CODE_FILES
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model")
 

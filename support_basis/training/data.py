@@ -44,7 +44,7 @@ class Encoder:
     """Prompts through the chat template exactly as the sampler and the runners tokenise them."""
 
     def __init__(self, tokenizer):
-        from generate import tokenize_prompts
+        from ..loading import tokenize_prompts
 
         self.tokenizer = tokenizer
         self._tokenize = tokenize_prompts

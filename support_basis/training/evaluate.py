@@ -17,7 +17,8 @@ from ..synthetic import KINDS, heldout_problems, to_row
 @torch.no_grad()
 def quick_eval(model, tokenizer, n: int = 32, kinds: tuple[str, ...] = KINDS, batch_size: int = 64) -> dict:
     """``{"recall_free": em, "<kind>": mc accuracy, ...}`` in [0, 1]."""
-    from generate import encode_prompts, generate
+    from ..loading import encode_prompts
+    from ..sampling import generate
 
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
 

@@ -26,18 +26,16 @@ def corrupt(input_ids: torch.Tensor, response_mask: torch.Tensor, mask_id: int, 
 
 
 def sft_loss(model, input_ids: torch.Tensor, response_mask: torch.Tensor, mask_id: int, eps: float = 1e-3,
-             generator: torch.Generator | None = None, probe=None):
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """The scalar SFT loss of a batch. ``input_ids (B, L)``: prompt then response (answer, end-of-turn, EOS
     padding), right-aligned to one length, no padding outside the response; ``response_mask (B, L)`` bool.
 
-    Only the response columns reach the output projection (``logits_to_keep``), the vocabulary-sized matmul.
-    With ``probe`` (a ``support_basis.training.aux.PreviousTokenProbe``), returns ``(sft loss, probe loss)`` from
-    the same forward; the probe reads the corrupted ids, as the model saw them."""
+    Only the response columns reach the output projection (``logits_to_keep``), the vocabulary-sized matmul."""
     noisy, masked, p_mask = corrupt(input_ids, response_mask, mask_id, eps, generator)
     first = int(response_mask.float().argmax(-1).min())  # the earliest response column in the batch (host: once)
-    out = model(noisy, logits_to_keep=slice(first, None), output_hidden_states=probe is not None)
+    out = model(noisy, logits_to_keep=slice(first, None))
     target, keep = input_ids[:, first:], masked[:, first:]
     ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(target)
     weight = keep / p_mask / response_mask.sum(-1, keepdim=True).clamp_min(1)
     loss = (ce * weight).sum() / input_ids.shape[0]
-    return loss if probe is None else (loss, probe(out.hidden_states, noisy, generator))
+    return loss

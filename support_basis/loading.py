@@ -1,0 +1,72 @@
+"""Loading a LLaDA-BS model and its tokenizer, and turning prompts into left-padded token batches.
+
+Shared by the command lines, the evaluation runners, lm-eval's backend, the demo and the benchmarks; every
+expected failure is a :class:`support_basis.errors.UserError` naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .model_dir import check_device, check_model_dir, load_config
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "llada-tiny"
+"""The embedded default model: the tiny LLaDA trained on this project's synthetic tasks, shipped in the repository."""
+
+
+def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto", flag: str = "--model",
+                             **config_overrides):
+    """Load a LLaDA-BS model directory (or hub id) with its tokenizer, after checking the directory's files
+    (:func:`support_basis.model_dir.check_model_dir`) and the device; ``config_overrides`` (e.g.
+    ``hybrid_exact_ratio=0.2``; ``None`` values are skipped) are set on the config before the weights load.
+    Every expected failure is a :class:`support_basis.errors.UserError` naming the input and the fix."""
+    from transformers import AutoModel, AutoTokenizer
+
+    check_model_dir(name, flag)
+    device = check_device(device)
+    config = load_config(name, flag, **config_overrides)
+    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                   "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    try:
+        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+    except OSError as err:
+        raise UserError(f"{flag} {name}: cannot load it ({err})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt, tokenised as LLaDA's own sampler does it: with ``chat``, the chat template to text
+    first, then the tokenizer's defaults. Raises ``ValueError`` for a prompt that tokenises to nothing."""
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                 tokenize=False) for t in prompts]
+    encoded = [tokenizer(t, verbose=False)["input_ids"] for t in prompts]  # length is checked by the callers
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("a prompt is empty after tokenisation")
+    return encoded
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``; with ``chat`` each prompt goes through the chat template."""
+    ids, mask = left_pad(tokenize_prompts(tokenizer, prompts, chat), pad_id_of(tokenizer))
+    return ids.to(device), mask.to(device)
+
+
+def left_pad(seqs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(len(seqs), longest)`` int64: token sequences right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s) :] = torch.as_tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
