@@ -17,7 +17,7 @@
 #   --cache MODE       fast sampler's key/value cache: none | prefix | dual   (CACHE, default none)
 #   --threshold T      reveal every position with confidence >= T per step   (THRESHOLD, default off)
 #   --factor F         adaptive parallel decoding factor                       (FACTOR, default off)
-#   --kernel K         hybrid_kernel: auto | native | compiled | eager         (KERNEL, default: the model's)
+#   --kernel K         hybrid_kernel: auto | triton | native | compiled | eager (KERNEL, default: the model's)
 #   -- ARGS...         anything after -- goes to every runner (e.g. -- --steps 16)
 # Each run resumes where it stopped; a finished run is skipped in seconds.
 set -euo pipefail

@@ -9,8 +9,8 @@ loads unchanged; the hybrid-attention fields are added:
     hybrid_exact_split       float in [0, 1]   share of the exact budget given to the largest scores (0.5 = paper)
     hybrid_fit               str               "chebyshev" (paper: uniform on the interval) or "empirical" (on the
                                                head's own scores); see hybrid_attention
-    hybrid_kernel            str               what computes the weights: "auto" (default), "native", "compiled",
-                                               "eager" (same definition; see KERNELS)
+    hybrid_kernel            str               what computes the weights: "auto" (default), "triton", "native",
+                                               "compiled", "eager" (same definition; see KERNELS)
 
 They are validated when the config is built (at load) and whenever they are set later, and the model reads them
 at every forward: ``model.config.hybrid_chebyshev_degree = 4`` changes the next forward. Their defaults and
@@ -43,11 +43,12 @@ DEFAULT_FIT = "chebyshev"
 MAX_CHEBYSHEV_DEGREE = 1024
 """Largest accepted degree: the fit's tables grow with the square of the degree (64 MB at 1024)."""
 
-KERNELS = ("auto", "native", "compiled", "eager")
+KERNELS = ("auto", "triton", "native", "compiled", "eager")
 """What computes the attention weights (same definition, same results up to rounding; see ``hybrid_attention``):
-``auto`` picks per call (the native C kernel on a CPU for fp32 without autograd, ``torch.compile`` on CUDA, else
-eager); ``native`` the C kernel (CPU, fp32, no autograd); ``compiled`` ``torch.compile`` of the torch kernel;
-``eager`` plain torch (any device and dtype, autograd)."""
+``auto`` picks per call (on CUDA the fused Triton kernel, else ``torch.compile``; on a CPU the native C kernel for
+fp32 scores without autograd; else eager); ``triton`` the fused kernel that never materialises the scores (CUDA, or
+the CPU under ``TRITON_INTERPRET=1``; no autograd); ``native`` the C kernel (CPU, no autograd); ``compiled``
+``torch.compile`` of the torch kernel; ``eager`` plain torch (any device and dtype, autograd)."""
 
 DEFAULT_KERNEL = "auto"
 

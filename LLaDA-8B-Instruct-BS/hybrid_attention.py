@@ -3,8 +3,9 @@
 Softmax attention whose largest and smallest scores are weighted exactly with ``exp`` and whose dense middle is
 weighted by a low-degree Chebyshev approximation of ``exp``. This file holds the contract (``hybrid_attention``'s
 docstring), the dispatch to a kernel, the chunking with its workspace, the thresholds and the torch kernel; its
-siblings hold the knobs (``configuration_llada``), the fit of ``exp`` (``hybrid_fit``) and the native CPU kernel
-(``hybrid_native``). It ships inside the self-contained ``LLaDA-8B-Instruct-BS`` model directory and is the one op
+siblings hold the knobs (``configuration_llada``), the fit of ``exp`` (``hybrid_fit``), masks and the sample of
+score positions (``hybrid_sample``), the native CPU kernel (``hybrid_native``) and the fused GPU kernel
+(``hybrid_triton``). It ships inside the self-contained ``LLaDA-8B-Instruct-BS`` model directory and is the one op
 used by the model, by the transformers attention backend and by the benchmarks; the float64 reference the tests
 hold it to is ``support_basis.reference``.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from functools import lru_cache
 
 import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, see _compiled_kernel)
@@ -42,6 +42,8 @@ try:  # remote code, or the support_basis.llada package: transformers copies the
     )
     from .hybrid_fit import HORNER_MAX_DEGREE, evaluation_coefficients, fit_chebyshev, fit_empirical
     from .hybrid_native import native_attention, native_error, native_library, native_thresholds
+    from .hybrid_sample import MASKED_BIAS, SamplePlan, prepare_mask
+    from .hybrid_triton import interpreted, triton_attention, triton_error
 except ImportError:  # the same file imported from the repository root (through its symlinks)
     import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
 
@@ -59,6 +61,10 @@ except ImportError:  # the same file imported from the repository root (through 
     _native = importlib.import_module("hybrid_native")
     native_attention, native_library = _native.native_attention, _native.native_library
     native_error, native_thresholds = _native.native_error, _native.native_thresholds
+    _sample = importlib.import_module("hybrid_sample")
+    MASKED_BIAS, SamplePlan, prepare_mask = _sample.MASKED_BIAS, _sample.SamplePlan, _sample.prepare_mask
+    _triton = importlib.import_module("hybrid_triton")
+    interpreted, triton_attention, triton_error = _triton.interpreted, _triton.triton_attention, _triton.triton_error
 
 __all__ = [
     "hybrid_attention",
@@ -80,10 +86,6 @@ __all__ = [
     "MASKED_BIAS",
 ]
 
-
-MASKED_BIAS = -1e30
-"""An additive float bias at or below this value masks its pair (covers ``-inf`` and ``torch.finfo(dtype).min``)."""
-
 # Scores materialised per chunk of (batch, head) pairs, and per row block handed to the torch kernels, in elements,
 # per (device, kernel). CPU: 64 MB of fp32 scores per chunk for the native and the compiled kernel, processed whole:
 # each chunk costs a few multi-threaded regions (two matmuls, the kernel), and where the cores are shared each
@@ -103,118 +105,9 @@ _WEIGHT_FLOOR = 1e-30  # positive floor of polynomial weights: a row whose polyn
 _INTERVAL_PAD = 1e-5  # relative padding of the interval's half-width (see _interval)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Masks and the deterministic sample of score positions
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def _compute_dtype(query: torch.Tensor) -> torch.dtype:
     """Scores and weights are fp32 for fp32/bf16/fp16 inputs; float64 inputs keep float64 (for references)."""
     return torch.float64 if query.dtype == torch.float64 else torch.float32
-
-
-def _prepare_mask(
-    mask: torch.Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype = torch.float32
-) -> torch.Tensor | None:
-    """``mask`` as a 4-D tensor broadcastable to ``shape``: a boolean mask stays boolean (True = attend: one byte
-    per pair, applied to each chunk of scores in place); a float mask becomes a ``dtype`` bias with ``-inf``
-    exactly at its masked pairs (``<= MASKED_BIAS``). ``None`` stays ``None``."""
-    if mask is None:
-        return None
-    if mask.dim() > 4:
-        raise ValueError(f"attention_mask must have at most 4 dims, got shape {tuple(mask.shape)}")
-    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    if any(m not in (1, s) for m, s in zip(mask.shape, shape)):
-        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Lq, Lk) = {shape}")
-    if mask.dtype == torch.bool:
-        return mask
-    if not mask.is_floating_point():
-        raise TypeError(f"attention_mask must be bool (True = attend) or a float bias, got dtype {mask.dtype}")
-    bias = mask.to(dtype)
-    return bias.masked_fill(bias <= MASKED_BIAS, -math.inf)
-
-
-def _valid_pairs(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean validity of a prepared mask (True = the pair takes part)."""
-    return mask if mask.dtype == torch.bool else mask > -math.inf
-
-
-@lru_cache(maxsize=8)
-def _jitter(num_samples: int, device: torch.device) -> torch.Tensor:
-    """Fixed uniform offsets in [0, 1): the sample is random-looking but identical on every call."""
-    g = torch.Generator().manual_seed(20251001)
-    return torch.rand(num_samples, generator=g, dtype=torch.float64).to(device)
-
-
-def _sample_positions(
-    valid_rows: torch.Tensor, valid_cols: torch.Tensor, num_samples: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat score positions ``(P, M)`` to sample, and which of them count ``(P, M)``.
-
-    ``valid_rows (P, Lq)`` / ``valid_cols (P, Lk)`` flag the rows and columns with at least one valid pair. The
-    sample lives on the grid of valid rows x valid columns, addressed by rank (the r-th valid row), so a sequence
-    padded inside a batch is sampled exactly as it is alone. A grid of ``G <= M`` cells is enumerated ``M // G``
-    times each (the thresholds are then the exact k-th values); a larger grid gets one jittered sample per stratum
-    of ``G / M`` consecutive cells in row-major order.
-    """
-    lk = valid_cols.shape[-1]
-    n_rows = valid_rows.sum(-1, keepdim=True)
-    n_cols = valid_cols.sum(-1, keepdim=True)
-    grid = n_rows * n_cols
-    grid_1 = grid.clamp_min(1)
-    m = torch.arange(num_samples, device=grid.device)
-    small = grid <= num_samples
-    cell_small = m % grid_1
-    take_small = m < (num_samples // grid_1) * grid_1
-    cell_big = ((m + _jitter(num_samples, grid.device)) * (grid_1.double() / num_samples)).long()
-    cell = torch.where(small, cell_small, torch.minimum(cell_big, grid_1 - 1))
-    take = torch.where(small, take_small, True) & (grid > 0)
-    n_cols_1 = n_cols.clamp_min(1)
-    # indices of valid rows/cols in order: a stable sort puts the True flags first, in position order
-    row_of_rank = torch.argsort((~valid_rows).to(torch.uint8), dim=-1, stable=True)
-    col_of_rank = torch.argsort((~valid_cols).to(torch.uint8), dim=-1, stable=True)
-    rows = row_of_rank.gather(-1, torch.div(cell, n_cols_1, rounding_mode="floor"))
-    cols = col_of_rank.gather(-1, cell % n_cols_1)
-    return rows * lk + cols, take
-
-
-@lru_cache(maxsize=32)
-def _unmasked_positions(lq: int, lk: int, num_samples: int, device: torch.device) -> torch.Tensor:
-    """Without a mask the sample depends on the shape alone: built once, kept compact (taken positions only)."""
-    rows = torch.ones(1, lq, dtype=torch.bool, device="cpu")
-    cols = torch.ones(1, lk, dtype=torch.bool, device="cpu")
-    flat, take = _sample_positions(rows, cols, num_samples)
-    return flat[take].view(1, 1, -1).to(device)
-
-
-class _SamplePlan:
-    """Sample positions for every (batch, head) of one call; broadcast over the dims the mask does not vary in.
-
-    Without a mask every sampled position counts (``take is None``) and the sample size is a Python int, so
-    the order statistics need no data-dependent rank.
-    """
-
-    def __init__(self, mask: torch.Tensor | None, shape: tuple[int, int, int, int], num_samples: int, device):
-        b, h, lq, lk = shape
-        # a grid of at most Lq*Lk valid cells is enumerated exactly by Lq*Lk samples: more would only repeat it
-        num_samples = min(num_samples, lq * lk)
-        if mask is None:
-            self.flat, self.take = _unmasked_positions(lq, lk, num_samples, torch.device(device)), None
-        else:
-            valid = _valid_pairs(mask)
-            bm, hm = valid.shape[:2]
-            rows = valid.any(-1).expand(bm, hm, lq).reshape(bm * hm, lq)
-            cols = valid.any(-2).expand(bm, hm, lk).reshape(bm * hm, lk)
-            flat, take = _sample_positions(rows, cols, num_samples)
-            self.flat, self.take = flat.view(bm, hm, -1), take.view(bm, hm, -1)
-
-    def for_pairs(self, batch_ids: torch.Tensor, head_ids: torch.Tensor):
-        """Positions ``(P, M)`` (and ``take``, or None) of the (batch, head) pairs ``batch_ids[i], head_ids[i]``."""
-        if self.flat.shape[0] == 1 and self.flat.shape[1] == 1:
-            return self.flat[0], None if self.take is None else self.take[0]
-        bi = batch_ids if self.flat.shape[0] > 1 else torch.zeros_like(batch_ids)
-        hi = head_ids if self.flat.shape[1] > 1 else torch.zeros_like(head_ids)
-        return self.flat[bi, hi], None if self.take is None else self.take[bi, hi]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,12 +201,15 @@ def hybrid_attention(
       between calls per thread; 1 GB on GPU; at least one head: 256 MB at Lq = Lk = 8192), never as a full
       ``(B, H, Lq, Lk)`` tensor.
     - speed: ``kernel`` names what computes the weights; every kernel has the same definition (the torch kernel,
-      ``_block_attention``) and is held to the float64 reference by the same tests. ``"native"``: a C kernel
-      (CPU, fp32 scores, no autograd; built on first use with the system C compiler in about a second and cached:
-      one pass over the scores, row by row); ``"compiled"``: ``torch.compile`` of the torch kernel (Triton on a
-      GPU, C++ on a CPU: 20-40 s to build per process); ``"eager"``: plain torch (any device, float64,
-      autograd). ``"auto"`` (default) picks per call, see ``select_kernel``. A named kernel that cannot run on the
-      inputs raises ``ValueError`` saying why.
+      ``_block_attention``) and is held to the float64 reference by the same tests. ``"triton"``: one fused
+      kernel that streams key/value tiles and never materialises the scores (extra memory O(B H Lq); CUDA, or the
+      CPU under ``TRITON_INTERPRET=1``; no autograd); its online form differs from the definition only in how a
+      weight floored at 1e-30 is rescaled, which moves an output only in a row whose every weight is floored
+      (``hybrid_triton``'s docstring). ``"native"``: a C kernel (CPU, fp32 scores, no autograd; built on first
+      use with the system C compiler in about a second and cached: one pass over the scores, row by row);
+      ``"compiled"``: ``torch.compile`` of the torch kernel (Triton on a GPU, C++ on a CPU: 20-40 s to build per
+      process); ``"eager"``: plain torch (any device, float64, autograd). ``"auto"`` (default) picks per call,
+      see ``select_kernel``. A named kernel that cannot run on the inputs raises ``ValueError`` saying why.
     """
     _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit, kernel)
     b, h, lq, d = query.shape
@@ -327,6 +223,9 @@ def hybrid_attention(
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     track = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     kernel = select_kernel(kernel, query.device, _compute_dtype(query), track)
+    if kernel == "triton":
+        _triton_forward(query, key, value, mask, plan, scale, exact_ratio, exact_split, chebyshev_degree, fit, out)
+        return out
     out_pairs = out.view(b * h, lq, -1)
     values_pairs = value.flatten(0, 1)
     for pairs, scores, kv_pairs, batch_ids, head_ids in _score_chunks(query, key, mask, scale, kernel):
@@ -381,8 +280,8 @@ def hybrid_thresholds(
 def _setup(query, key, attention_mask, num_samples):
     """The prepared mask and the sample plan of one call (shared by the op and ``hybrid_thresholds``)."""
     shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-    mask = _prepare_mask(attention_mask, shape, _compute_dtype(query))
-    return mask, _SamplePlan(mask, shape, num_samples, query.device)
+    mask = prepare_mask(attention_mask, shape, _compute_dtype(query))
+    return mask, SamplePlan(mask, shape, num_samples, query.device)
 
 
 def _exact_attention(query, key, value, attention_mask, scale):
@@ -390,7 +289,7 @@ def _exact_attention(query, key, value, attention_mask, scale):
     fully masked row outputs 0, as it does for a boolean mask."""
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         shape = tuple(query.shape[:3]) + (key.shape[2],)
-        attention_mask = _prepare_mask(attention_mask, shape).to(query.dtype)
+        attention_mask = prepare_mask(attention_mask, shape).to(query.dtype)
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
     )
@@ -489,23 +388,29 @@ def _chunk_thresholds(scores, flat, take, exact_ratio, exact_split, need_sample,
         sample = scores.reshape(hc, -1).gather(1, flat.expand(hc, -1))
         if take is not None:
             taken = take & (sample > -math.inf)  # non-rectangular masks: drop samples that landed on masked pairs
-    q_lo, q_hi = (1.0 - exact_split) * exact_ratio, exact_split * exact_ratio
     if exact_ratio == 0:
         # approximate everything: the interval is the exact range of the valid scores
         hi = scores.amax(dim=(1, 2))
         lo = scores.masked_fill(scores == -math.inf, math.inf).amin(dim=(1, 2))
     elif native:
-        lo, hi = native_thresholds(scores, flat, take, q_lo, q_hi)
-    elif take is None:
+        lo, hi = native_thresholds(scores, flat, take, (1.0 - exact_split) * exact_ratio, exact_split * exact_ratio)
+    else:
+        lo, hi = _sample_thresholds(sample, taken, exact_ratio, exact_split)
+    empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)  # a fully masked head: any interval will do
+    return lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0), sample, taken
+
+
+def _sample_thresholds(sample, taken, exact_ratio, exact_split):
+    """Per row of ``sample (hc, M)``, the ``(floor(n q_lo) + 1)``-th smallest and ``(floor(n q_hi) + 1)``-th largest
+    of the ``n`` taken entries (``taken`` None: all M), ``q_lo, q_hi`` the exact budget's two shares."""
+    q_lo, q_hi = (1.0 - exact_split) * exact_ratio, exact_split * exact_ratio
+    if taken is None:
         # no mask: all M samples count, the ranks are plain ints and quickselect is cheapest
         n = sample.shape[-1]
         lo = torch.kthvalue(sample, min(n, math.floor(n * q_lo) + 1), dim=-1).values
         hi = torch.kthvalue(sample, max(1, n - math.floor(n * q_hi)), dim=-1).values
-    else:
-        lo = _kth_smallest_taken(sample, taken, q_lo)
-        hi = -_kth_smallest_taken(-sample, taken, q_hi)
-    empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)  # a fully masked head: any interval will do
-    return lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0), sample, taken
+        return lo, hi
+    return _kth_smallest_taken(sample, taken, q_lo), -_kth_smallest_taken(-sample, taken, q_hi)
 
 
 def _kth_smallest_taken(x: torch.Tensor, take: torch.Tensor, q: float) -> torch.Tensor:
@@ -595,18 +500,30 @@ def _block_attention(scores, values, alpha, beta, top, coef, degree: int):
 
 
 def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype, track_grad: bool) -> str:
-    """The kernel that computes the weights: ``"native"``, ``"compiled"`` or ``"eager"``.
+    """The kernel that computes the weights: ``"triton"``, ``"native"``, ``"compiled"`` or ``"eager"``.
 
-    ``kernel="auto"``: ``torch.compile`` on CUDA (Triton fuses the block in seconds); on a CPU the native kernel for
-    fp32 scores (fp32, bf16 and fp16 inputs) without autograd (built once per machine in about a second; where it
-    cannot be built, one warning and eager torch), else eager torch. A named kernel runs as named; ``"native"``
-    raises ``ValueError`` off the CPU, for float64 inputs or under autograd, and ``RuntimeError`` where it cannot
-    be built. Inside a ``torch.compile``-d caller every kernel is the eager definition, which the caller traces.
+    ``kernel="auto"``: on CUDA the fused Triton kernel for fp32 scores without autograd where Triton imports, else
+    ``torch.compile`` (Triton fuses the block in seconds); on a CPU the native kernel for fp32 scores (fp32, bf16
+    and fp16 inputs) without autograd (built once per machine in about a second; where it cannot be built, one
+    warning and eager torch), else eager torch. A named kernel runs as named; ``"triton"`` and ``"native"`` raise
+    ``ValueError`` for inputs they cannot compute and ``RuntimeError`` where they cannot run here. Inside a
+    ``torch.compile``-d caller every kernel is the eager definition, which the caller traces.
     """
     if torch.compiler.is_compiling():
         return "eager"
+    plain = compute_dtype == torch.float32 and not track_grad
+    if kernel == "triton":
+        if not plain or (device.type != "cuda" and not (device.type == "cpu" and interpreted())):
+            raise ValueError(
+                f"kernel 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1) for fp32/bf16/fp16 inputs "
+                f"without autograd; got a {device.type} device, "
+                f"{'float64 scores' if compute_dtype == torch.float64 else 'fp32 scores'}"
+                f"{', autograd' if track_grad else ''}: use kernel 'auto'")
+        if triton_error():
+            raise RuntimeError(f"kernel 'triton': {triton_error()}; pip install triton, or use kernel 'auto'")
+        return "triton"
     if kernel == "native":
-        if device.type != "cpu" or compute_dtype != torch.float32 or track_grad:
+        if device.type != "cpu" or not plain:
             raise ValueError(
                 f"kernel 'native' runs on the CPU for fp32/bf16/fp16 inputs without autograd; got a {device.type} "
                 f"device, {'float64 scores' if compute_dtype == torch.float64 else 'fp32 scores'}"
@@ -619,10 +536,70 @@ def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype,
     if kernel != "auto":
         return kernel
     if device.type == "cuda":
-        return "compiled"
-    if device.type == "cpu" and compute_dtype == torch.float32 and not track_grad and native_library() is not None:
+        return "triton" if plain and not triton_error() else "compiled"
+    if device.type == "cpu" and plain and native_library() is not None:
         return "native"
     return "eager"
+
+
+def _triton_forward(query, key, value, mask, plan, scale, exact_ratio, exact_split, degree, fit, out):
+    """The op with the fused kernel: per chunk of (batch, head) pairs, the sampled scores alone (``M`` per head,
+    never the score matrix) give the thresholds and the fit; then one launch over every pair writes ``out``."""
+    b, h, lq, d = query.shape
+    hkv, lk = key.shape[1], key.shape[2]
+    group = h // hkv
+    queries, keys = query.flatten(0, 1), key.flatten(0, 1)
+    alpha = torch.empty(b * h, dtype=torch.float32, device=query.device)
+    beta, top = torch.empty_like(alpha), torch.empty_like(alpha)
+    coef = torch.empty(b * h, degree + 1, dtype=torch.float32, device=query.device)
+    pair_ids = torch.arange(b * h, device=query.device)
+    # gathered rows of q and k for the sample: (pairs, M, D) each, 64 MB of fp32 per chunk (at least one pair)
+    samples = plan.flat.shape[-1]
+    chunk = max(1, (1 << 24) // max(1, samples * d))
+    for p0 in range(0, b * h, chunk):
+        pairs = slice(p0, min(b * h, p0 + chunk))
+        batch_ids = torch.div(pair_ids[pairs], h, rounding_mode="floor")
+        head_ids = pair_ids[pairs] - batch_ids * h
+        kv_pairs = batch_ids * hkv + torch.div(head_ids, group, rounding_mode="floor")
+        flat, take = plan.for_pairs(batch_ids, head_ids)
+        flat = flat.expand(len(batch_ids), -1)
+        rows, cols = torch.div(flat, lk, rounding_mode="floor"), flat % lk
+        q = queries[pairs].float().gather(1, rows[..., None].expand(-1, -1, d))
+        k = keys.index_select(0, kv_pairs).float().gather(1, cols[..., None].expand(-1, -1, d))
+        sample = (q * k).sum(-1) * scale
+        if mask is not None:  # the mask at the sampled pairs, read through its broadcast dims (never expanded)
+            bi = batch_ids[:, None] if mask.shape[0] > 1 else 0
+            hi_ = head_ids[:, None] if mask.shape[1] > 1 else 0
+            m = mask[bi, hi_, rows if mask.shape[2] > 1 else 0, cols if mask.shape[3] > 1 else 0]
+            sample = sample.masked_fill(~m, -math.inf) if m.dtype == torch.bool else sample + m
+        taken = None if take is None else take & (sample > -math.inf)
+        if exact_ratio == 0:
+            lo, hi = _valid_range(queries[pairs], keys.index_select(0, kv_pairs), mask, batch_ids, head_ids, scale)
+        else:
+            lo, hi = _sample_thresholds(sample, taken, exact_ratio, exact_split)
+        empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)
+        lo, hi = lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
+        a, bt, tp, c = _polynomial(lo, hi, degree, torch.float32, fit, sample, taken)
+        alpha[pairs], beta[pairs], top[pairs], coef[pairs] = a.flatten(), bt.flatten(), tp.flatten(), c[:, 0]
+    triton_attention(query, key, value, mask, alpha, beta, top, coef, degree, scale, out)
+
+
+def _valid_range(q, k, mask, batch_ids, head_ids, scale):
+    """Per pair, the smallest and largest valid score of ``q (P, Lq, D)`` against ``k (P, Lk, D)``, in row blocks
+    of at most 16M scores (the ratio-0 interval, without the score matrix)."""
+    lq, lk = q.shape[1], k.shape[1]
+    lo = torch.full((q.shape[0],), math.inf, device=q.device)
+    hi = torch.full_like(lo, -math.inf)
+    rows = max(1, (1 << 24) // max(1, q.shape[0] * lk))
+    for r0 in range(0, lq, rows):
+        s = torch.bmm(q[:, r0 : r0 + rows].float(), k.float().transpose(1, 2)) * scale
+        if mask is not None:
+            m = _rows_for_pairs(mask, batch_ids, head_ids)
+            m = m[:, r0 : r0 + rows] if m.shape[1] > 1 else m
+            s = s.masked_fill(~m, -math.inf) if m.dtype == torch.bool else s + m
+        hi = torch.maximum(hi, s.amax(dim=(1, 2)))
+        lo = torch.minimum(lo, s.masked_fill(s == -math.inf, math.inf).amin(dim=(1, 2)))
+    return lo, hi
 
 
 _COMPILED = {}

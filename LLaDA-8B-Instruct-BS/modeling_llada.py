@@ -33,6 +33,8 @@ try:  # remote code, or the support_basis.llada package: transformers copies the
     # are named here too: a model directory then loads on 4.49 as on 5.x
     from .hybrid_fit import HORNER_MAX_DEGREE  # noqa: F401
     from .hybrid_native import native_library  # noqa: F401
+    from .hybrid_sample import SamplePlan  # noqa: F401
+    from .hybrid_triton import triton_attention  # noqa: F401
 except ImportError:  # the same file imported from the repository root (through its symlinks)
     import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
 

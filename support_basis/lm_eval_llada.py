@@ -60,7 +60,7 @@ the model argument wins)
 ``pretrained``        LLaDA-BS model directory (or hub id) -- required
 ``exact_ratio``       ``hybrid_exact_ratio`` in [0, 1]; 1.0 = exact attention (default: the directory's config)
 ``chebyshev_degree``  ``hybrid_chebyshev_degree`` >= 1 (default: the directory's config)
-``kernel``            ``hybrid_kernel``: auto | native | compiled | eager (default: the directory's config)
+``kernel``            ``hybrid_kernel``: auto | triton | native | compiled | eager (default: the directory's config)
 ``mc_num``            Monte Carlo samples per request (default 128, LLaDA's)
 ``mc_batch_size``     stratification group, must divide ``mc_num`` (default ``min(mc_num, 32)``, LLaDA's default
                       mini-batch; LLaDA's published runs passed ``--batch_size 8``, i.e. groups of 8)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 # Tests run the kernel users get (hybrid_kernel "auto": the native C kernel on this CPU) unless a test names another;
 # tests/test_hybrid_attention.py holds every kernel to the float64 reference.
+# Without a GPU, Triton kernels run on CPU tensors with Triton's interpreter: set before anything imports
+# triton.language (its own helpers are built for the interpreter at import), so the fused kernel's tests run here.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

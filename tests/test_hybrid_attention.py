@@ -415,7 +415,7 @@ def test_a_named_kernel_runs_or_says_why_not(rng):
     assert ha.select_kernel("auto", cpu, torch.float32, False) == "native"
     assert ha.select_kernel("auto", cpu, torch.float32, True) == "eager"  # autograd
     assert ha.select_kernel("auto", cpu, torch.float64, False) == "eager"
-    assert ha.select_kernel("auto", torch.device("cuda"), torch.float32, False) == "compiled"
+    assert ha.select_kernel("auto", torch.device("cuda"), torch.float32, True) == "compiled"  # autograd
     assert ha.select_kernel("compiled", cpu, torch.float32, False) == "compiled"
     for device, dtype, grad, why in ((torch.device("cuda"), torch.float32, False, "cuda device"),
                                      (cpu, torch.float64, False, "float64 scores"), (cpu, torch.float32, True, "autograd")):
@@ -424,8 +424,8 @@ def test_a_named_kernel_runs_or_says_why_not(rng):
     q, k, v = qkv(rng, 1, 2, 2, 20, 20, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="float64"):
         hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="native")
-    with pytest.raises(ValueError, match="kernel must be one of auto, native, compiled, eager.*'triton'"):
-        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="triton")
+    with pytest.raises(ValueError, match="kernel must be one of auto, triton, native, compiled, eager.*'fused'"):
+        hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="fused")
 
 
 def test_native_kernel_is_built_once_and_cached(monkeypatch, tmp_path):

@@ -50,11 +50,11 @@ def test_setting_the_kernel_after_load_changes_the_next_forward(tiny_model, ran,
     assert torch.equal(outputs["auto"], outputs["native"])
 
 
-@pytest.mark.parametrize("value", ["triton", "Native", 3, None])
+@pytest.mark.parametrize("value", ["cuda", "Native", 3, None])
 def test_config_rejects_an_unknown_kernel_when_built_and_when_set(value):
     from support_basis.llada.configuration_llada import LLaDAConfig
 
-    message = "hybrid_kernel must be one of auto, native, compiled, eager"
+    message = "hybrid_kernel must be one of auto, triton, native, compiled, eager"
     with pytest.raises(ValueError, match=message):
         LLaDAConfig(hybrid_kernel=value)
     config = LLaDAConfig()
@@ -124,15 +124,15 @@ def test_command_lines_refuse_an_unknown_kernel_in_one_line(entry, tmp_path, cap
         if entry == "generate":
             import generate
 
-            generate.main(["--model", missing, "--prompt", "Hi", "--kernel", "triton"])
+            generate.main(["--model", missing, "--prompt", "Hi", "--kernel", "fused"])
         else:
             from support_basis.evaluation import cli
 
             cli.main("arc_easy", ["--model_name", missing, "--out_dir", str(tmp_path / "out"),
-                                  "--data_path", str(FIXTURES), "--kernel", "triton"])
+                                  "--data_path", str(FIXTURES), "--kernel", "fused"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1, err
-    assert "--kernel" in err[0] and "'triton'" in err[0], err[0]
+    assert "--kernel" in err[0] and "'fused'" in err[0], err[0]
     assert not (tmp_path / "out").exists()
 
 

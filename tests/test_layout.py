@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 TOP_LEVEL = {"generate", "app", "configuration_llada", "modeling_llada", "hybrid_attention", "hybrid_fit",
-             "hybrid_native"}
+             "hybrid_sample", "hybrid_native", "hybrid_triton"}
 SCRIPTS = {p.stem for p in (REPO / "scripts").glob("*.py")} | {p.stem for p in (REPO / "bench").glob("*.py")}
 
 

@@ -11,7 +11,7 @@ imports the model, its config and the op without a top-level module:
 from pathlib import Path
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "hybrid_attention.py", "hybrid_fit.py",
-               "hybrid_native.py")
+              "hybrid_sample.py", "hybrid_native.py", "hybrid_triton.py")
 """The Python files every LLaDA-BS model directory carries (``auto_map`` names the first two; the rest are their
 relative imports)."""
 

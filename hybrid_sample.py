@@ -1,0 +1,1 @@
+LLaDA-8B-Instruct-BS/hybrid_sample.py
