@@ -21,6 +21,11 @@ Every batch and every mask draw is a function of ``(--seed, step)``, so a run ki
 with ``--resume`` ends with the same weights as an uninterrupted run. ``OUT.state/state.pt`` (weights, optimizer,
 step, learning curve) is replaced atomically every ``--save-every`` steps; ``OUT`` (a complete model directory
 with ``training_log.jsonl``) is swapped in atomically at the same time.
+
+Nothing it did not write is deleted: an existing ``--out`` that is not a model directory written by training (or
+holds other files) is refused unless ``--force``, an ``--out`` that contains ``--model`` is refused, the staging
+directories are its own (``.OUT.partial-*``, never a user's ``OUT.partial``), and ``OUT.state/lock`` keeps a
+second run off the same ``--out`` (it names the process holding it).
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ def build_parser() -> ArgumentParser:
                    help="the exported directory's remote code files are symlinks into this repository's "
                    "LLaDA-8B-Instruct-BS/ (one source of truth; for checkpoints shipped in the repository)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state/state.pt")
+    p.add_argument("--force", action="store_true",
+                   help="let an existing --out that training did not write be replaced at the first save (its "
+                   "contents are deleted then)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -116,6 +124,16 @@ def check_args(p: ArgumentParser, a) -> None:
         p.error(f"--out {a.out} is a file; give a directory path")
     if out.resolve() == model.resolve():
         p.error(f"--out {a.out} is the --model directory; write the trained model elsewhere")
+    if out.resolve() in model.resolve().parents:
+        p.error(f"--out {a.out} contains the --model directory ({a.model}): the first save would replace it; "
+                "write the trained model elsewhere")
+    from support_basis.training.checkpoint import foreign_entries
+
+    foreign = foreign_entries(out)
+    if foreign and not a.force:
+        p.error(f"--out {a.out} exists and holds what training did not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); give a new directory, or --force to let the first save "
+                "replace it")
     state = state_path(out)
     if a.resume and not state.is_file():
         p.error(f"--resume: no checkpoint at {state}; start without --resume")
@@ -160,6 +178,20 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     check_args(p, a)
 
+    from support_basis.training.checkpoint import RunLock
+
+    lock = RunLock(Path(a.out))
+    holder = lock.acquire()
+    if holder is not None:
+        p.error(f"--out {a.out} is being trained by {holder} ({lock.path}); wait for it, or use another --out")
+    try:
+        return _run(p, a)
+    finally:
+        lock.release(keep_if=state_path(Path(a.out)))
+
+
+def _run(p: ArgumentParser, a) -> int:
+    """The training run itself, under the lock on ``--out``."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -98,6 +99,61 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     assert m.config.hybrid_exact_ratio == cfg["hybrid_exact_ratio"]
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.old"))
+    assert not list(tmp_path.glob(".*.partial-*")) and not list(tmp_path.glob(".*.old-*"))  # its own staging
+
+
+def _refused(capsys, *argv) -> str:
+    """Run training with ``argv``; assert a one-line error with exit status 2 and return it."""
+    with pytest.raises(SystemExit) as exit_:
+        train_llada.main([*argv, "--steps", "2", "--no-progress", "--eval-every", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_training_never_deletes_what_it_did_not_write(tiny_model_dir, tmp_path, capsys):
+    """An --out holding a user's files is refused (they stay) unless --force; an --out that contains --model is
+    refused; DIR.partial and DIR.old beside --out are never touched while training replaces its own export."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's own file")
+    err = _refused(capsys, "--model", str(tiny_model_dir), "--out", str(mine))
+    assert "--out" in err and "not written by training" in err and "--force" in err, err
+    assert (mine / "notes.txt").read_text() == "a user's own file" and not (tmp_path / "mine.state").exists()
+
+    source = tmp_path / "models" / "start"
+    shutil.copytree(tiny_model_dir, source)
+    err = _refused(capsys, "--model", str(source), "--out", str(tmp_path / "models"))
+    assert "contains the --model directory" in err, err
+    assert (source / "model.safetensors").is_file()
+
+    out = tmp_path / "run"
+    for sibling in ("run.partial", "run.old"):
+        (tmp_path / sibling).mkdir()
+        (tmp_path / sibling / "keep.txt").write_text(sibling)
+    _train(tiny_model_dir, out, "--steps", "20")  # two saves: the second replaces training's own first export
+    for sibling in ("run.partial", "run.old"):
+        assert (tmp_path / sibling / "keep.txt").read_text() == sibling
+    assert json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])["step"] == 20
+
+    _train(tiny_model_dir, mine, "--steps", "10", "--force")  # named: the user's directory is replaced
+    assert not (mine / "notes.txt").exists() and (mine / "model.safetensors").is_file()
+
+
+def test_a_second_run_on_the_same_out_says_who_holds_it(tiny_model_dir, tmp_path, capsys):
+    from support_basis.training.checkpoint import RunLock
+
+    out = tmp_path / "busy"
+    lock = RunLock(out)
+    assert lock.acquire() is None
+    try:
+        err = _refused(capsys, "--model", str(tiny_model_dir), "--out", str(out))
+    finally:
+        lock.release()
+    assert f"is being trained by process {os.getpid()}" in err and "busy.state/lock" in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -40,9 +41,10 @@ def export_model(out: Path, model, tokenizer, source_dir: Path, code_dir: Path, 
     The tokenizer files are copied from ``source_dir`` (the model trained from) as they are, so their portable
     form (read by transformers 4.49 and 5.x) survives. ``extra_files``: name -> text written alongside."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # staged and swapped through siblings of its own (unique names): a user's DIR.partial or DIR.old is never touched
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     model.save_pretrained(tmp, safe_serialization=True)
     present = [n for n in TOKENIZER_FILES if (source_dir / n).is_file()]
     for name in present:
@@ -59,12 +61,77 @@ def export_model(out: Path, model, tokenizer, source_dir: Path, code_dir: Path, 
     _portable_config(tmp / "config.json")
     for name, text in extra_files.items():
         (tmp / name).write_text(text)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) if out.exists() else None
+    if old is not None:
+        os.replace(out, old)  # onto the empty directory just made: atomic on POSIX
     os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# What export_model writes into a model directory: a directory holding anything else is not training's to replace.
+EXPORT_MARKERS = ("training_args.json", "training_log.jsonl")
+_EXPORTED = set(CODE_FILES) | set(TOKENIZER_FILES) | set(EXPORT_MARKERS) | {
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"}
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The entries of an existing ``out`` that ``export_model`` would not have written (sorted), or ``["(no
+    training_args.json / training_log.jsonl)"]``-style reasons when it is not a training output at all. Empty for a
+    directory training may replace: missing, empty, or a model directory this project's training wrote."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return []
+    missing = [m for m in EXPORT_MARKERS if m not in names]
+    if missing:
+        return [f"(not written by training: no {' or '.join(missing)})"]
+    return [n for n in names if n not in _EXPORTED and not (n.startswith("model-") and n.endswith(".safetensors"))]
+
+
+class RunLock:
+    """An exclusive lock on a training output (``OUT.state/lock``, holding the owner's pid and host), so that two
+    runs never write one ``--out``. ``acquire()`` returns None, or the holder's description when it is taken."""
+
+    def __init__(self, out: Path):
+        self.path = Path(str(Path(out)) + ".state") / "lock"
+        self._file = None
+
+    def acquire(self) -> str | None:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            return holder
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return None
+
+    def release(self, keep_if: Path | None = None) -> None:
+        """Drop the lock; where ``keep_if`` (the run's state file) does not exist, also remove the lock and its
+        directory if nothing else is in it, so a run that failed before its first save leaves nothing behind."""
+        if self._file is None:
+            return
+        if keep_if is not None and not Path(keep_if).exists():
+            self.path.unlink(missing_ok=True)
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # not empty: the run's own files
+                pass
+        self._file.close()  # closing drops the flock
+        self._file = None
 
 
 def _portable_config(path: Path):
