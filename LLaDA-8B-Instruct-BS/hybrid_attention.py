@@ -116,9 +116,10 @@ def _compute_dtype(query: torch.Tensor) -> torch.dtype:
 
 
 def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit,
-                  kernel=DEFAULT_KERNEL):
+                  kernel=DEFAULT_KERNEL, mask=None, scaling=None):
     """The op's argument checks: scalar knobs through their one validator each (``configuration_llada``), then
-    shapes. A few microseconds per call, nothing that reads a tensor's data."""
+    shapes, dtypes, devices and ``scaling``. A few microseconds per call, nothing that reads a tensor's data (so a
+    NaN in the inputs is not refused: it reaches the output where SDPA's would, see the contract)."""
     if isinstance(exact_ratio, bool) or not isinstance(exact_ratio, (int, float)) or not exact_ratio >= 0:
         raise ValueError(f"exact_ratio must be a number >= 0 (>= 1 means exact attention); got {exact_ratio!r}")
     validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
@@ -131,6 +132,18 @@ def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples,
             "query, key and value must be 4-D (B, H, L, D); got shapes "
             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
+    dtypes, devices = (query.dtype, key.dtype, value.dtype), (query.device, key.device, value.device)
+    if not query.is_floating_point() or len(set(dtypes)) > 1:
+        raise ValueError(f"query, key and value must share one floating dtype (fp32, bf16, fp16 or float64); got "
+                         f"{', '.join(str(t).replace('torch.', '') for t in dtypes)}")
+    if len(set(devices)) > 1 or (mask is not None and mask.device != query.device):
+        raise ValueError(f"query, key, value and the mask must be on one device; got "
+                         f"{', '.join(str(d) for d in devices + ((mask.device,) if mask is not None else ()))}")
+    if query.shape[-1] == 0:
+        raise ValueError(f"the head dimension must be at least 1; got shapes {tuple(query.shape)}")
+    if scaling is not None and (isinstance(scaling, bool) or not isinstance(scaling, (int, float))
+                                or not math.isfinite(scaling) or scaling <= 0):
+        raise ValueError(f"scaling must be a finite number > 0 (default 1/sqrt(D)); got {scaling!r}")
     bq, h, _, d = query.shape
     bk, hkv, lk, dk = key.shape
     if (bk, hkv, lk) != tuple(value.shape[:3]) or bk != bq or dk != d:
@@ -181,6 +194,10 @@ def hybrid_attention(
     - the polynomial is evaluated in fp32 with Horner's rule (monomial basis of the interval mapped to [-1, 1])
       up to degree 8 and with Clenshaw's recurrence in the Chebyshev basis above: stable at every accepted
       degree (1 ... ``MAX_CHEBYSHEV_DEGREE``).
+    - a NaN or ``+inf`` score (from q, k, the bias or ``scaling``'s product) makes its row's output NaN, as in
+      SDPA, and a NaN or ``inf`` in v reaches every row that weighs it; other rows of the head keep a finite
+      output (the head's interval, read from a sample that may hold the NaN, stays usable). Inputs must share
+      one floating dtype and one device (``ValueError`` naming them); ``scaling`` must be finite and > 0.
     - rows are normalised to sum to 1; weights are never negative. If every weight of a row clamps to 0 (a
       polynomial <= 0 on all its scores) the row's approximated pairs share a tiny positive floor weight
       (``1e-30`` of the row scale) instead of dividing 0 by 0. Fully masked rows output 0.
@@ -211,7 +228,8 @@ def hybrid_attention(
       process); ``"eager"``: plain torch (any device, float64, autograd). ``"auto"`` (default) picks per call,
       see ``select_kernel``. A named kernel that cannot run on the inputs raises ``ValueError`` saying why.
     """
-    _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit, kernel)
+    _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples, exact_split, fit, kernel,
+                  attention_mask, scaling)
     b, h, lq, d = query.shape
     lk = key.shape[2]
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
@@ -263,7 +281,8 @@ def hybrid_thresholds(
 
     Valid scores ``< lo`` or ``> hi`` are the exact ones. Same estimator, same chunking as the op.
     """
-    _check_inputs(query, key, key, exact_ratio, 1, num_samples, exact_split, DEFAULT_FIT)
+    _check_inputs(query, key, key, exact_ratio, 1, num_samples, exact_split, DEFAULT_FIT, mask=attention_mask,
+                  scaling=scaling)
     b, h, lq, d = query.shape
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
     lo = torch.zeros(b * h, dtype=_compute_dtype(query), device=query.device)

@@ -168,14 +168,24 @@ static void weights_row(const void *args, long row) {
     const int g = J->degree;
     float *s = J->s + row * lk;
     vf vmx = splat(-INFINITY);
+    vi bad = (vi){0}; /* a NaN or +inf score: softmax of the row is NaN, as SDPA gives it */
     for (long j0 = 0; j0 < lk; j0 += LANES) {
         const long n = lk - j0 < LANES ? lk - j0 : LANES;
         vf x = splat(-INFINITY);
         memcpy(&x, s + j0, (size_t)n * sizeof(float));
         vmx = vmax(vmx, x);
+        bad |= (x != x) | (x == splat(INFINITY));
     }
     float m = -INFINITY;
-    for (int i = 0; i < LANES; i++) m = vmx[i] > m ? vmx[i] : m;
+    int poisoned = 0;
+    for (int i = 0; i < LANES; i++) {
+        m = vmx[i] > m ? vmx[i] : m;
+        poisoned |= bad[i];
+    }
+    if (poisoned) { /* the corruption reaches the output: NaN weights, NaN row */
+        for (long j = 0; j < lk; j++) s[j] = NAN;
+        return;
+    }
     if (m == -INFINITY) { /* a fully masked row: zero weights, output 0 */
         memset(s, 0, (size_t)lk * sizeof *s);
         return;

@@ -87,6 +87,7 @@ def _hybrid_fwd(
     c_i = tl.zeros([BLOCK_M], tl.float32) + top  # the row's shift max(m, top): nothing here exceeds exp(0)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # the row's sum of weights, relative to exp(c_i)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    bad = tl.zeros([BLOCK_M], tl.int32)  # a NaN or +inf score: the row's output is NaN, as SDPA gives it
     k_base = K + b * stride_kb + kvh * stride_kh
     v_base = V + b * stride_vb + kvh * stride_vh
     m_base = Mask + b * stride_mb + h * stride_mh
@@ -106,6 +107,7 @@ def _hybrid_fwd(
         if MASK_KIND == 2:
             s = s + tl.load(m_base + rows[:, None] * stride_mm + cols[None, :] * stride_mn, mask=valid, other=0.0)
         s = tl.where(valid, s, float("-inf"))
+        bad = bad | tl.max(((s != s) | (s == float("inf"))).to(tl.int32), 1)
         c_new = tl.maximum(c_i, tl.max(s, 1))
         rescale = tl.exp(c_i - c_new)
         # the polynomial at t clamped to [-1, 1]; exact where |t| > 1 (masked pairs: t = -inf, weight 0)
@@ -135,6 +137,7 @@ def _hybrid_fwd(
             acc = acc * rescale[:, None] + tl.dot(w.to(v.dtype), v)
         c_i = c_new
     out = acc / tl.maximum(l_i, 1.1754943508222875e-38)[:, None]  # a fully masked row: 0 / tiny
+    out = tl.where(bad[:, None] != 0, float("nan"), out)
     tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dims_v[None, :] * stride_od,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (dims_v[None, :] < dv))
 
