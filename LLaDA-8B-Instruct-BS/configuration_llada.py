@@ -113,6 +113,10 @@ _HYBRID_VALIDATORS = {
 }
 _INTEGER_FIELDS = ("hybrid_chebyshev_degree", "hybrid_num_samples")
 
+# Architecture fields that must be positive integers (None allowed where an effective_* property derives them)
+_POSITIVE_INTS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
+                  "max_sequence_length", "mlp_ratio")
+
 # What this implementation supports of the OLMo-style options (the official checkpoint uses exactly these).
 _SUPPORTED = {
     "block_type": ("llama",),
@@ -229,6 +233,28 @@ class LLaDAConfig(PretrainedConfig):
         super().__setattr__(name, value)
 
     def _check_architecture(self):
+        """Every architecture field typed and in range (a value out of range gives garbage or a traceback deep in
+        the model, not an error a person can act on): ``ValueError`` naming the field, its value and the rule."""
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if value is None and name in ("n_kv_heads", "mlp_hidden_size", "embedding_size"):
+                continue  # derived (effective_*)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+        rows = self.effective_embedding_size
+        if self.vocab_size > rows:
+            raise ValueError(f"vocab_size ({self.vocab_size}) exceeds embedding_size ({rows}): the model has no "
+                             "embedding for the last ids")
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
+            value = getattr(self, name, None)
+            if value is None and name != "mask_token_id":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < rows:
+                raise ValueError(f"{name} must be a token id in [0, {rows}) (the embedding's rows); got {value!r}")
         for name, allowed in _SUPPORTED.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(

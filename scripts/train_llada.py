@@ -116,9 +116,13 @@ def check_args(p: ArgumentParser, a) -> None:
     if a.threads is not None and a.threads < 1:
         p.error(f"--threads must be >= 1; got {a.threads}")
     model = Path(a.model)
-    if not (model / "config.json").is_file():
-        p.error(f"--model {a.model}: not a model directory (no config.json); build one with "
-                "scripts/make_tiny_model.py or scripts/prepare_model.py")
+    from support_basis.errors import UserError
+    from support_basis.model_dir import check_model_dir
+
+    try:  # the one check every entry point makes: files, config ranges, weights against the config, tokenizer
+        check_model_dir(a.model, "--model")
+    except UserError as err:
+        p.error(str(err))
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {a.out} is a file; give a directory path")

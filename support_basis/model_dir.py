@@ -54,7 +54,9 @@ def check_model_dir(name: str, flag: str = "--model", *, llada: bool = True, tok
     cfg = read_json_object(path / "config.json", fix="re-create the directory (or restore config.json)")
     if llada:
         _check_llada_layout(name, path, cfg, flag)
-    check_weights(path)
+    files, _ = check_weights(path)
+    if llada and files:
+        _check_weights_match_config(path, cfg, files)
     if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"{path} has no tokenizer (tokenizer.json): copy the checkpoint's tokenizer files "
                         "(tokenizer.json, tokenizer_config.json, special_tokens_map.json) into it, or re-run "
@@ -63,8 +65,69 @@ def check_model_dir(name: str, flag: str = "--model", *, llada: bool = True, tok
         if (path / extra).is_file():
             read_json_object(path / extra, fix="copy that file again from the checkpoint")
     if (path / "tokenizer.json").is_file():
-        read_json_object(path / "tokenizer.json", fix="copy that file again from the checkpoint")
+        vocab = read_json_object(path / "tokenizer.json", fix="copy that file again from the checkpoint")
+        if llada:
+            _check_mask_token(path, cfg, vocab)
     return cfg
+
+
+MASK_TOKEN = "<|mdm_mask|>"
+
+
+def _check_mask_token(path: Path, cfg: dict, tokenizer: dict) -> None:
+    """The config's ``mask_token_id`` is the tokenizer's ``<|mdm_mask|>`` (else every step predicts garbage)."""
+    added = {t.get("content"): t.get("id") for t in tokenizer.get("added_tokens") or [] if isinstance(t, dict)}
+    ids = (tokenizer.get("model") or {}).get("vocab") or {}
+    mask = added.get(MASK_TOKEN, ids.get(MASK_TOKEN) if isinstance(ids, dict) else None)
+    if mask is None:
+        raise UserError(f"{path / 'tokenizer.json'} has no {MASK_TOKEN} token: not a LLaDA tokenizer; copy the "
+                        "checkpoint's own tokenizer files into the directory")
+    if cfg.get("mask_token_id") != mask:
+        raise UserError(f"{path / 'config.json'}: mask_token_id is {cfg.get('mask_token_id')!r} but the tokenizer's "
+                        f"{MASK_TOKEN} is {mask}; set mask_token_id to {mask} (or use the tokenizer the model was "
+                        "trained with)")
+
+
+def expected_tensors(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes a LLaDA-BS checkpoint of config ``cfg`` (a config.json dict) holds: the
+    model's own parameters, built on the meta device (no memory). ``ValueError`` for a config it rejects."""
+    import torch
+
+    from .llada.configuration_llada import LLaDAConfig
+    from .llada.modeling_llada import LLaDAModelLM
+
+    with torch.device("meta"):
+        model = LLaDAModelLM(LLaDAConfig(**{k: v for k, v in cfg.items() if k != "auto_map"}))
+    return {name: tuple(t.shape) for name, t in model.named_parameters()}
+
+
+def _check_weights_match_config(path: Path, cfg: dict, files: list[Path]) -> None:
+    """Every tensor the config's architecture needs is in the weights with its shape, and nothing else is (a
+    config and weights of different models would load with part of the model random)."""
+    try:
+        expected = expected_tensors(cfg)
+    except ValueError as err:
+        raise UserError(f"{path / 'config.json'}: {err}; fix that value in the file") from None
+    found = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            found.update(safetensors_header(f))
+    if not found:
+        return
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    reshaped = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} not in the architecture (e.g. {unexpected[0]})")
+        if reshaped:
+            parts.append(f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: {found[reshaped[0]]} in the "
+                         f"weights, {expected[reshaped[0]]} from config.json)")
+        raise UserError(f"{path}: the weights do not match config.json ({'; '.join(parts)}); the config and the "
+                        "weights come from different models: restore the directory's own config.json (or "
+                        "re-create the directory)")
 
 
 def _check_llada_layout(name: str, path: Path, cfg: dict, flag: str) -> None:
@@ -80,6 +143,9 @@ def _check_llada_layout(name: str, path: Path, cfg: dict, flag: str) -> None:
     if missing:
         raise UserError(f"{_named(flag, name)} is not a LLaDA-BS model: it lacks the model code files "
                         f"{', '.join(missing)}; {prepare}")
+    if "rope_theta" not in cfg:  # the class default (500000) would silently run a model trained with another base
+        raise UserError(f"{path / 'config.json'} has no rope_theta: add the RoPE base the model was trained with "
+                        "(LLaDA-8B: 500000; the shipped tiny LLaDA: 10000)")
     absent = [f for f in ("hybrid_exact_ratio", "hybrid_chebyshev_degree") if f not in cfg]
     if absent:
         raise UserError(f"{_named(flag, name)} is not a LLaDA-BS model: config.json has no {' / '.join(absent)} (an "
@@ -114,8 +180,13 @@ def load_config(name: str, flag: str = "--model", **overrides):
 
 
 def safetensors_names(path: Path) -> set[str]:
-    """The tensor names of one safetensors file, after checking that its header is complete and that the file
-    is exactly as long as the header says (a truncated download fails here, naming the file)."""
+    """The tensor names of one safetensors file (see ``safetensors_header``)."""
+    return set(safetensors_header(path))
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of one safetensors file, after checking that its header is complete and that
+    the file is exactly as long as the header says (a truncated download fails here, naming the file)."""
     path = Path(path)
     again = "download it again (or re-create the directory)"
     try:
@@ -137,13 +208,14 @@ def safetensors_names(path: Path) -> set[str]:
     try:
         header = json.loads(raw.decode("utf-8"))
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        shapes = {k: tuple(int(x) for x in v["shape"]) for k, v in header.items() if k != "__metadata__"}
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, IndexError, ValueError, AttributeError):
         raise UserError(f"{path} is not a safetensors file (its header is not valid); {again}") from None
     expected = 8 + n + max(ends, default=0)
     if size != expected:
         what = "is truncated" if size < expected else "has trailing bytes (corrupt)"
         raise UserError(f"{path} {what}: {size} bytes, its header describes {expected}; {again}")
-    return {k for k in header if k != "__metadata__"}
+    return shapes
 
 
 def check_weights(path: Path) -> tuple[list[Path], set[str]]:

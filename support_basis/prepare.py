@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import UserError, check_output_dir, read_json_object
 from .llada import CODE_FILES, MODEL_DIR
-from .model_dir import check_weights
+from .model_dir import check_weights, expected_tensors
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -91,7 +91,7 @@ def check_source(src: Path) -> tuple[dict, list[Path], list[Path]]:
         raise PrepareError(f"{src} has PyTorch .bin weights only; this script links safetensors (download the "
                            "*.safetensors files of the checkpoint)")
     try:
-        expected = expected_parameter_names(cfg)
+        expected = set(expected_tensors(cfg))
     except ValueError as err:
         raise PrepareError(f"{cfg_path}: {err}") from None
     if names != expected:
@@ -104,17 +104,6 @@ def check_source(src: Path) -> tuple[dict, list[Path], list[Path]]:
     if not any(f.name in ("tokenizer.json", "tokenizer.model") for f in tokenizer):
         raise PrepareError(f"{src} has no tokenizer (tokenizer.json): download the tokenizer files too")
     return cfg, files, tokenizer
-
-
-def expected_parameter_names(cfg: dict) -> set[str]:
-    import torch
-
-    from .llada.configuration_llada import LLaDAConfig
-    from .llada.modeling_llada import LLaDAModelLM
-
-    with torch.device("meta"):
-        model = LLaDAModelLM(LLaDAConfig(**{k: v for k, v in cfg.items() if k != "auto_map"}))
-    return set(model.state_dict())
 
 
 def prepare(

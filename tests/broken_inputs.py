@@ -114,7 +114,32 @@ def broken_models(tiny: Path, root: Path) -> dict[str, Path]:
 
     variant("truncated_shard", truncated_shard)
     variant("foreign_tokenizer", foreign_tokenizer)
+    # a config that does not describe its weights, or describes nothing usable
+    variant("layers_mismatch", lambda d: edit_config(d, n_layers=3))
+    variant("width_mismatch", lambda d: edit_config(d, d_model=48, n_heads=4))
+    variant("tying_mismatch", lambda d: edit_config(d, weight_tying=True, tie_word_embeddings=True))
+    variant("tensor_missing", drop_tensor)
+    variant("no_rope_theta", lambda d: _drop_config_key(d, "rope_theta"))
+    variant("rope_theta_zero", lambda d: edit_config(d, rope_theta=0))
+    variant("heads_zero", lambda d: edit_config(d, n_heads=0))
+    variant("mask_not_tokenizers", lambda d: edit_config(d, mask_token_id=json.loads(
+        (d / "config.json").read_text())["eos_token_id"]))
     return out
+
+
+def _drop_config_key(d: Path, key: str) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop(key)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def drop_tensor(d: Path) -> None:
+    """``model.safetensors`` without one block's attention output projection."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(d / "model.safetensors")
+    state.pop(next(k for k in sorted(state) if k.endswith("attn_out.weight")))
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
 
 
 def official_sources(tiny: Path, root: Path) -> dict[str, Path]:
