@@ -124,3 +124,46 @@ def test_prepare_force_leaves_no_stale_weight_file(tiny_model_dir, tmp_path):
     assert not (out / "model.safetensors").exists() and (out / "model.safetensors.index.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
     AutoModel.from_pretrained(out, trust_remote_code=True)
+
+
+def _refused(capsys, *args) -> str:
+    capsys.readouterr()  # what earlier runs printed
+    with pytest.raises(SystemExit) as exit_:
+        run(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_a_run_is_its_model_weights_records_and_claim(tiny_model_dir, tmp_path, capsys):
+    """A model retrained in place (same path, same shapes, new values) is another run; records without the
+    run.json that claims them, a repeated line and two different records of one item are refused, naming them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    run(model, tmp_path / "out", "--limit", "2")
+    before = (tmp_path / "out" / RUN / "records.jsonl").read_text()
+    state = load_file(model / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in state.items()}, model / "model.safetensors", metadata={"format": "pt"})
+    err = _refused(capsys, model, tmp_path / "out", "--limit", "3")
+    assert "holds results of another model" in err and "weights changed" in err, err
+    assert (tmp_path / "out" / RUN / "records.jsonl").read_text() == before  # nothing appended
+
+    run(tiny_model_dir, tmp_path / "b", "--limit", "2")
+    run_dir = tmp_path / "b" / RUN
+    lines = (run_dir / "records.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "records.jsonl").write_text(lines[0] + lines[1] + lines[0])
+    err = _refused(capsys, tiny_model_dir, tmp_path / "b", "--limit", "2")
+    assert "records.jsonl, line 3 repeats item 0" in err, err
+    other = json.loads(lines[0]) | {"raw_output": "something else"}
+    (run_dir / "records.jsonl").write_text(lines[0] + lines[1])
+    (run_dir / "records.rank1.jsonl").write_text(json.dumps(other) + "\n")
+    err = _refused(capsys, tiny_model_dir, tmp_path / "b", "--limit", "2")
+    assert "line 1 conflicts with another record of item 0" in err, err
+    (run_dir / "records.rank1.jsonl").unlink()
+    (run_dir / "run.json").unlink()
+    err = _refused(capsys, tiny_model_dir, tmp_path / "b", "--limit", "2")
+    assert "holds records but no run.json" in err, err

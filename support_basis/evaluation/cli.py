@@ -105,6 +105,8 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
     check_schedule(steps, gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
     data = str(Path(a.data_path).resolve()) if a.data_path else f"hub:{task.hub_id}/{task.hub_config}/{task.split}"
     model = str(Path(a.model_name).resolve()) if Path(a.model_name).exists() else a.model_name
+    from .records import model_fingerprint
+
     split, fit = validate_exact_split(a.exact_split, "--exact_split"), validate_fit(a.fit, "--fit")
     return {
         "task": task.name,
@@ -130,6 +132,7 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
         "limit": a.limit,
         "batch_size": a.batch_size,
         "answer_parser": a.answer_parser,
+        "model_fp": model_fingerprint(model),  # the weights themselves: a model retrained in place is another run
     }
 
 
