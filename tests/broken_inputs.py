@@ -188,6 +188,7 @@ def broken_data(fixtures: Path, root: Path) -> dict[str, Path]:
     arc = [json.loads(line) for line in (fixtures / "arc_easy.jsonl").read_text().splitlines()]
     hella = json.loads((fixtures / "hellaswag.jsonl").read_text().splitlines()[0])
     mmlu = json.loads((fixtures / "mmlu.jsonl").read_text().splitlines()[0])
+    gpqa = json.loads((fixtures / "gpqa.jsonl").read_text().splitlines()[0])
     out = {
         "broken_line": write_jsonl(root / "broken_line" / "arc_easy.jsonl", [arc[0], '{"question": "x", oops']),
         "not_object": write_jsonl(root / "not_object" / "arc_easy.jsonl", [arc[0], "[1, 2, 3]"]),
@@ -199,6 +200,18 @@ def broken_data(fixtures: Path, root: Path) -> dict[str, Path]:
         "mmlu_answer": write_jsonl(root / "mmlu_answer" / "mmlu.jsonl", [{**mmlu, "answer": 4}]),
         "mmlu_negative": write_jsonl(root / "mmlu_negative" / "mmlu.jsonl", [{**mmlu, "answer": -1}]),
         "mmlu_text": write_jsonl(root / "mmlu_text" / "mmlu.jsonl", [{**mmlu, "answer": "B"}]),
+        # rows that cannot be right: scored before, silently
+        "arc_fewer_texts": write_jsonl(root / "arc_fewer_texts" / "arc_easy.jsonl", [
+            {**arc[0], "choices": {"label": list(arc[0]["choices"]["label"]),
+                                   "text": list(arc[0]["choices"]["text"])[:-1]}}]),
+        "arc_null_question": write_jsonl(root / "arc_null_question" / "arc_easy.jsonl", [{**arc[0], "question": None}]),
+        "arc_duplicate_id": write_jsonl(root / "arc_duplicate_id" / "arc_easy.jsonl", [arc[0], arc[0]]),
+        "mmlu_choices_string": write_jsonl(root / "mmlu_choices_string" / "mmlu.jsonl", [{**mmlu, "choices": "ABCD"}]),
+        "mmlu_subject_number": write_jsonl(root / "mmlu_subject_number" / "mmlu.jsonl", [{**mmlu, "subject": 7}]),
+        "gpqa_correct_twice": write_jsonl(root / "gpqa_correct_twice" / "gpqa.jsonl", [
+            {**gpqa, "Incorrect Answer 2": gpqa["Correct Answer"]}]),
+        "hellaswag_empty_ending": write_jsonl(root / "hellaswag_empty_ending" / "hellaswag.jsonl", [
+            {**hella, "endings": [*hella["endings"][:3], " "]}]),
     }
     bad_utf8 = root / "not_utf8" / "arc_easy.jsonl"
     bad_utf8.parent.mkdir(parents=True)

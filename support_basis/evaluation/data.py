@@ -35,6 +35,12 @@ def load_items(task: Task, data_path: str | None = None, limit: int | None = Non
             raise DataError(f"{source}: record {idx} is not a valid {task.title} item: {err}") from None
     if not items:
         raise DataError(f"{source}: no {task.title} records")
+    first = {}
+    for item in items:  # an id twice would be scored twice (and resumed as one)
+        if item.id in first:
+            raise DataError(f"{source}: records {first[item.id]} and {item.idx} have the same id {item.id!r}; remove "
+                            "the duplicate row")
+        first[item.id] = item.idx
     return items
 
 

@@ -44,12 +44,36 @@ class Task:
     gated: bool = False
 
 
+def _text(value, what: str) -> str:
+    """A non-empty string field, else ``ValueError`` naming it and the value (a null question would be asked as
+    "Question: None")."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} is {value!r}: it must be non-empty text")
+    return value
+
+
+def _texts(values, what: str, n: int | None = None) -> list[str]:
+    """A list of non-empty option texts (``n`` of them where given), else ``ValueError`` (a string would be split
+    into letters, a null option shown as "None")."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{what} must be a list of option texts; got {type(values).__name__} {values!r:.60}")
+    texts = [_text(v, f"{what}[{i}]") for i, v in enumerate(values)]
+    if n is not None and len(texts) != n:
+        raise ValueError(f"{what} has {len(texts)} options; this task has {n}")
+    return texts  # repeated options stay: the published sets hold a few, and refusing one would stop a whole run
+
+
 def _choice_lines(choices) -> str:
     return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(choices))
 
 
 def _arc_item(idx: int, row: dict) -> Item:
-    labels, texts = list(row["choices"]["label"]), list(row["choices"]["text"])
+    if not isinstance(row["choices"], dict):
+        raise ValueError(f"choices must be an object with label and text lists; got {row['choices']!r:.60}")
+    labels, texts = list(row["choices"]["label"]), _texts(row["choices"]["text"], "choices.text")
+    if len(labels) != len(texts):
+        raise ValueError(f"choices has {len(labels)} labels but {len(texts)} option texts")
+    _text(row["question"], "question")
     if row["answerKey"] not in labels:
         raise ValueError(f"ARC item {row.get('id', idx)}: answerKey {row['answerKey']!r} not among labels {labels}")
     prompt = (
@@ -62,8 +86,12 @@ def _arc_item(idx: int, row: dict) -> Item:
 
 
 def _gpqa_item(idx: int, row: dict, seed: int = 0) -> Item:
-    correct = row["Correct Answer"].strip()
-    answers = [correct] + [row[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3)]
+    _text(row["Question"], "Question")
+    fields = ["Correct Answer"] + [f"Incorrect Answer {i}" for i in (1, 2, 3)]
+    answers = [_text(row[f], f).strip() for f in fields]
+    if answers[0] in answers[1:]:  # two letters would both be "correct", and the shuffle could score either
+        raise ValueError(f"Correct Answer {answers[0]!r:.60} is also an Incorrect Answer")
+    correct = answers[0]
     key = str(row.get("Record ID") or row["Question"])
     rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
     rng.shuffle(answers)
@@ -76,7 +104,8 @@ def _gpqa_item(idx: int, row: dict, seed: int = 0) -> Item:
 
 
 def _hellaswag_item(idx: int, row: dict) -> Item:
-    endings = list(row["endings"])
+    _text(row["ctx"], "ctx")
+    endings = _texts(row["endings"], "endings")
     if len(endings) != 4 or str(row["label"]).strip() == "":
         raise ValueError(f"HellaSwag item {row.get('ind', idx)} needs 4 endings and a label (the test split has none)")
     prompt = (
@@ -89,7 +118,10 @@ def _hellaswag_item(idx: int, row: dict) -> Item:
 
 
 def _mmlu_item(idx: int, row: dict) -> Item:
-    choices = list(row["choices"])
+    choices = _texts(row["choices"], "choices")
+    _text(row["question"], "question")
+    if not isinstance(row.get("subject"), str):  # per-subject accuracy groups by it (else a crash at the summary)
+        raise ValueError(f"subject is {row.get('subject')!r}: it must be text (e.g. 'abstract_algebra')")
     prompt = (
         "\nAnswer the following multiple-choice question:.\n\n"
         f"Questions: {row['question']}\n\nOptions:\n{_choice_lines(choices)}\n\n"
