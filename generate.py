@@ -103,6 +103,8 @@ def main(argv=None):
         check_fast_sampling(a.cache, a.threshold, a.factor, a.remasking, flags={
             "cache": "--cache", "threshold": "--threshold", "factor": "--factor", "remasking": "--remasking"})
         check_schedule(a.steps, a.gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
+        asked_steps = a.steps  # a step reveals at least one token: more than gen_length only repeat forwards
+        a.steps = min(a.steps, a.gen_length)
         if a.exact_ratio is not None:
             validate_exact_ratio(a.exact_ratio, "--exact-ratio")
         if a.chebyshev_degree is not None:
@@ -114,6 +116,9 @@ def main(argv=None):
     except ValueError as err:
         p.error(str(err))
     texts = [utf8_text(t, f"--prompt #{i + 1}") for i, t in enumerate(a.prompt)]
+    for i, text in enumerate(texts):  # under the chat template a blank prompt would still tokenise to a turn
+        if not text.strip():
+            p.error(f"--prompt #{i + 1} ({text!r}) is empty; give some text")
     if a.model is None:
         a.model = str(DEFAULT_MODEL)
         print(f"# no --model given: using {DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])}, the tiny LLaDA "
@@ -127,10 +132,16 @@ def main(argv=None):
     if tokenizer.pad_token_id == mask_id:
         p.error(f"the tokenizer pads with the mask token ({mask_id}); set another pad token")
     chat = not a.no_chat and bool(getattr(tokenizer, "chat_template", None))
+    if not a.no_chat and not chat:
+        print(f"# {a.model}: the tokenizer has no chat template, so the prompts go in as raw text (--no-chat says "
+              "so and silences this)", file=sys.stderr)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
     encoded = _checked_prompts(tokenizer, texts, chat, model.config, a.gen_length)  # all of them, before any output
     generator = torch.Generator(device=model_device(model)).manual_seed(a.seed)
     torch.manual_seed(a.seed)
+    if asked_steps > a.steps:  # said once everything is checked: an error stays the only line on stderr
+        print(f"# --steps {asked_steps} is more than --gen-length {a.gen_length}: using {a.steps} steps",
+              file=sys.stderr)
     print(f"# {a.model}: exact_ratio={model.config.hybrid_exact_ratio} "
           f"chebyshev_degree={model.config.hybrid_chebyshev_degree} kernel={model.config.hybrid_kernel} "
           f"steps={a.steps} gen_length={a.gen_length} "

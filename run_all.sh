@@ -23,6 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+GIVEN=" ${MODEL+model} ${OUT+out} ${DATA_DIR+data} "  # what the user set (environment or flags): --smoke keeps it
 MODEL=${MODEL:-models/LLaDA-8B-Instruct-BS}
 TASKS=${TASKS:-"arc_challenge arc_easy gpqa hellaswag mmlu"}
 RATIOS=${RATIOS:-"0.2"}
@@ -49,14 +50,14 @@ while [ $# -gt 0 ]; do
             { [ $# -ge 2 ] && [[ "$2" != --* ]]; } || die "$1 needs a value (see --help)" ;;
     esac
     case "$1" in
-        --model) MODEL=$2; shift 2 ;;
+        --model) MODEL=$2; GIVEN+=" model "; shift 2 ;;
         --tasks) TASKS=$2; shift 2 ;;
         --ratios) RATIOS=$2; shift 2 ;;
         --degrees) DEGREES=$2; shift 2 ;;
         --no-exact) EXACT=0; shift ;;
         --limit) LIMIT=$2; shift 2 ;;
-        --out) OUT=$2; shift 2 ;;
-        --data-dir) DATA_DIR=$2; shift 2 ;;
+        --out) OUT=$2; GIVEN+=" out "; shift 2 ;;
+        --data-dir) DATA_DIR=$2; GIVEN+=" data "; shift 2 ;;
         --batch-size) BATCH_SIZE=$2; shift 2 ;;
         --dtype) DTYPE=$2; shift 2 ;;
         --cache) CACHE=$2; shift 2 ;;
@@ -87,12 +88,15 @@ if [ "$SMOKE" = 1 ]; then
     # Everything offline on CPU: the shipped tiny LLaDA trained on synthetic tasks (checkpoints/llada-tiny) and
     # held-out synthetic questions in each task's schema (scripts/make_synthetic_data.py; kinds interleaved, so
     # --limit keeps every kind). Its accuracies are real: the table of README's "trained tiny LLaDA" comes from here.
-    OUT=${OUT/#results/results-smoke}
-    MODEL=checkpoints/llada-tiny
-    DATA_DIR="$OUT/synthetic-heldout"
+    # A --model, --out or --data-dir the user gave is kept.
+    [[ "$GIVEN" == *" out "* ]] || OUT=${OUT/#results/results-smoke}
+    [[ "$GIVEN" == *" model "* ]] || MODEL=checkpoints/llada-tiny
     LIMIT=${LIMIT:-20}
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-    [ -f "$DATA_DIR/arc_challenge.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
+    if [[ "$GIVEN" != *" data "* ]]; then
+        DATA_DIR="$OUT/synthetic-heldout"
+        [ -f "$DATA_DIR/arc_challenge.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
+    fi
 fi
 
 common=(--model_name "$MODEL" --out_dir "$OUT" --batch_size "$BATCH_SIZE" --dtype "$DTYPE" --no_progress)

@@ -20,6 +20,7 @@ validators live here, once; the op (``hybrid_attention.py``) and the command lin
 from __future__ import annotations
 
 import math
+import numbers
 
 from transformers import PretrainedConfig
 
@@ -55,7 +56,7 @@ DEFAULT_KERNEL = "auto"
 
 def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
     """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number in [0, 1] (1.0 means exact attention); got {value!r}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1] (1.0 means exact attention); got {value!r}")
@@ -64,21 +65,21 @@ def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
 
 def validate_chebyshev_degree(value, name: str = "hybrid_chebyshev_degree") -> int:
     """Return ``value`` as an int in [1, MAX_CHEBYSHEV_DEGREE] or raise ``ValueError`` naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHEBYSHEV_DEGREE:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_CHEBYSHEV_DEGREE:
         raise ValueError(f"{name} must be an integer in [1, {MAX_CHEBYSHEV_DEGREE}]; got {value!r}")
-    return int(value)
+    return int(value)  # numpy integers too: the config stores a plain int
 
 
 def validate_num_samples(value, name: str = "hybrid_num_samples") -> int:
     """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
 
 
 def validate_exact_split(value, name: str = "hybrid_exact_split") -> float:
     """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number in [0, 1] (share of the exact budget given to the largest "
                          f"scores; 0.5 = the paper); got {value!r}")
     if not 0.0 <= value <= 1.0:

@@ -17,6 +17,7 @@ hold it to is ``support_basis.reference``.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import warnings
 
@@ -120,7 +121,7 @@ def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples,
     """The op's argument checks: scalar knobs through their one validator each (``configuration_llada``), then
     shapes, dtypes, devices and ``scaling``. A few microseconds per call, nothing that reads a tensor's data (so a
     NaN in the inputs is not refused: it reaches the output where SDPA's would, see the contract)."""
-    if isinstance(exact_ratio, bool) or not isinstance(exact_ratio, (int, float)) or not exact_ratio >= 0:
+    if isinstance(exact_ratio, bool) or not isinstance(exact_ratio, numbers.Real) or not exact_ratio >= 0:
         raise ValueError(f"exact_ratio must be a number >= 0 (>= 1 means exact attention); got {exact_ratio!r}")
     validate_chebyshev_degree(chebyshev_degree, "chebyshev_degree")
     validate_num_samples(num_samples, "num_samples")
@@ -141,7 +142,7 @@ def _check_inputs(query, key, value, exact_ratio, chebyshev_degree, num_samples,
                          f"{', '.join(str(d) for d in devices + ((mask.device,) if mask is not None else ()))}")
     if query.shape[-1] == 0:
         raise ValueError(f"the head dimension must be at least 1; got shapes {tuple(query.shape)}")
-    if scaling is not None and (isinstance(scaling, bool) or not isinstance(scaling, (int, float))
+    if scaling is not None and (isinstance(scaling, bool) or not isinstance(scaling, numbers.Real)
                                 or not math.isfinite(scaling) or scaling <= 0):
         raise ValueError(f"scaling must be a finite number > 0 (default 1/sqrt(D)); got {scaling!r}")
     bq, h, _, d = query.shape

@@ -339,8 +339,9 @@ def native_library():
         except Exception as err:  # no compiler, no writable directory, an unsupported platform: eager torch
             _STATE["lib"], _STATE["error"] = None, err
             warnings.warn(
-                f"hybrid_attention: could not build the native CPU kernel ({native_error()}); using eager torch, which "
-                "is slower. Install a C compiler (cc), or set hybrid_kernel=\"eager\" to skip the attempt.",
+                f"hybrid_attention: could not build the native CPU kernel ({native_error()}); using eager "
+                "torch, which is slower. Fix that (a C compiler: cc; a writable HYBRID_ATTENTION_CACHE), or set "
+                "hybrid_kernel=\"eager\" to skip the attempt.",
                 RuntimeWarning,
             )
     return _STATE["lib"]
@@ -362,16 +363,25 @@ def _load():
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     key = hashlib.sha256("\0".join((SOURCE, cc, *_FLAGS, _cpu_signature())).encode()).hexdigest()
     name = f"hybrid_weights_{key[:20]}.so"
-    directory = next((d for d in _cache_directories() if (d / name).is_file()), None)
-    if directory is None:
-        directory = next(d for d in _cache_directories() if _writable(d))
+    cached = next((d / name for d in _cache_directories() if (d / name).is_file()), None)
+    lib = None
+    if cached is not None:
+        try:
+            lib = ctypes.CDLL(str(cached))
+        except OSError:  # a damaged cache file (a full disk, a copy cut short): build it again
+            cached.unlink(missing_ok=True)
+    if lib is None:
+        directory = next((d for d in _cache_directories() if _writable(d)), None)
+        if directory is None:
+            raise RuntimeError(f"no writable cache directory among {', '.join(map(str, _cache_directories()))} "
+                               "(set HYBRID_ATTENTION_CACHE to one)")
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             source, built = Path(tmp) / "hybrid_weights.c", Path(tmp) / name
             source.write_text(SOURCE)
             subprocess.run([cc, *_FLAGS, str(source), "-o", str(built), "-lm", "-lpthread"],
                            check=True, capture_output=True, text=True, timeout=120)
             os.replace(built, directory / name)  # atomic: processes building at once never see half a file
-    lib = ctypes.CDLL(str(directory / name))
+        lib = ctypes.CDLL(str(directory / name))
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.hybrid_weights_f32.argtypes = [ptr, long_, long_, long_, ptr, ptr, ptr, ptr, int_, int_, int_]
     lib.hybrid_weights_f32.restype = None
@@ -393,8 +403,8 @@ def _cache_directories() -> list[Path]:
 
 def _writable(directory: Path) -> bool:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        return os.access(directory, os.W_OK)
+        directory.mkdir(parents=True, exist_ok=True)  # a path that is a file: FileExistsError
+        return directory.is_dir() and os.access(directory, os.W_OK)
     except OSError:
         return False
 

@@ -44,8 +44,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.embedding_std is not None and not 0 < a.embedding_std <= 100:
         p.error(f"--embedding-std must be in (0, 100]; got {a.embedding_std}")
-    if a.vocab_size < 300:
-        p.error(f"--vocab-size must be at least 300 (256 bytes + special tokens + merges); got {a.vocab_size}")
+    if not 300 <= a.vocab_size <= 1_000_000:  # the BPE trainer aborts the process far above that
+        p.error(f"--vocab-size must be in [300, 1000000] (256 bytes + special tokens + merges); got {a.vocab_size}")
     check_output_dir(a.out_dir, "out_dir")
     try:
         out = make_tiny_model(

@@ -230,6 +230,8 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
 
     A path that is a file, lies under a file, or under a directory this user cannot write is a :class:`UserError`.
     """
+    if not str(path).strip():  # Path("") is the current directory: results would land among the user's files
+        raise UserError(f"{flag} is empty; name a directory (it is created if missing)")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; pass a directory (it is created if missing)")

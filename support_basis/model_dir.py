@@ -294,9 +294,13 @@ def check_token_ids(token_lists, config, labels=None) -> None:
     rows = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
     if rows is None:
         return
+    mask = getattr(config, "mask_token_id", None)
     for i, ids in enumerate(token_lists):
+        label = labels[i] if labels is not None else f"prompt #{i + 1}"
         bad = [t for t in ids if not 0 <= t < rows]
         if bad:
-            label = labels[i] if labels is not None else f"prompt #{i + 1}"
             raise UserError(f"{label} tokenises to id {bad[0]}, outside the model's vocabulary (0 .. {rows - 1}): "
                             "the tokenizer files do not belong to this model; copy the model's own tokenizer")
+        if mask is not None and mask in ids:  # the text <|mdm_mask|> would be a position to fill, not a question
+            raise UserError(f"{label} contains the mask token (id {mask}, the text <|mdm_mask|>): the sampler would "
+                            "fill it in as part of the answer; remove it from the text")

@@ -187,7 +187,16 @@ CASES = [
          "--prompt #2", "max_sequence_length (1024)"),
     case("gen-empty-prompt", "generate", gen("--no-chat", "--prompt", ""), "--prompt #2 ('')", "empty"),
     # --- the benchmark runners: flags ---------------------------------------------------------------------------
-    case("run-steps-0", "run_arc_easy", run("--steps", "0"), "steps must be a positive integer; got 0"),
+    case("run-steps-0", "run_arc_easy", run("--steps", "0"), "--steps", "expected an integer >= 1; got '0'"),
+    case("run-block-0", "run_arc_easy", run("--block_length", "0"), "--block_length", "got '0'"),
+    case("run-steps-above-answer", "run_arc_easy", run("--steps", "100"), "--steps (100) is more than the answer "
+         "length (8 tokens)"),
+    case("run-out-dir-empty", "run_arc_easy", lambda c, w: ["--model_name", str(c.tiny), "--out_dir", "",
+                                                            "--data_path", str(FIXTURES), *SMALL],
+         "--out_dir is empty"),
+    case("gen-prompt-blank", "generate", gen("--prompt", "   "), "--prompt #2", "is empty; give some text"),
+    case("gen-prompt-mask-text", "generate", gen("--prompt", "fill <|mdm_mask|> in"), "--prompt #2",
+         "contains the mask token"),
     case("run-temperature-negative", "run_arc_easy", run("--temperature", "-1"), "temperature", "-1"),
     case("run-temperature-inf", "run_arc_easy", run("--temperature", "inf"), "temperature", "inf"),
     case("run-cfg-nan", "run_arc_easy", run("--cfg_scale", "nan"), "cfg_scale", "nan"),
@@ -340,6 +349,8 @@ CASES = [
          "needs --trust-remote-code"),
     case("ent-layers", "entry_distributions", entries("--layers", "7"), "--layers", "out of range"),
     # --- make_tiny_model.py -------------------------------------------------------------------------------------
+    case("tiny-vocab-huge", "make_tiny_model", lambda c, w: [str(w / "m"), "--vocab-size", "2000000"],
+         "--vocab-size must be in [300, 1000000]", "2000000"),
     case("tiny-out-file", "make_tiny_model", lambda c, w: [str(w / "file")], "is a file",
          setup=lambda c, w: (w / "file").write_text("x")),
     case("tiny-heads", "make_tiny_model", lambda c, w: [str(w / "m"), "--d-model", "10", "--n-heads", "3"],
@@ -470,6 +481,8 @@ RUN_ALL = [
     (["--tasks", " "], "--tasks is empty"),
     (["--no-exact", "--ratios", ""], "no configuration to run"),
     (["--bogus"], "unknown option --bogus"),
+    # --smoke keeps a --model (and --data-dir) the user gave: the runner refuses this one, nothing is written
+    (["--smoke", "--model", "/nonexistent/model", "--data-dir", str(FIXTURES)], "--model_name /nonexistent/model"),
 ]
 
 

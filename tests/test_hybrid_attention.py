@@ -428,6 +428,22 @@ def test_a_named_kernel_runs_or_says_why_not(rng):
         hybrid_attention(q, k, v, exact_ratio=0.2, chebyshev_degree=6, kernel="fused")
 
 
+def test_a_damaged_cached_kernel_is_rebuilt(monkeypatch, tmp_path):
+    """A cache file cut short (a full disk) is built again, not loaded forever; a cache path that is a file is
+    passed over with a message naming it."""
+    good, damaged = tmp_path / "good", tmp_path / "damaged"
+    monkeypatch.setenv("HYBRID_ATTENTION_CACHE", str(good))
+    hybrid_native._load()
+    (built,) = good.glob("hybrid_weights_*.so")
+    damaged.mkdir()
+    (damaged / built.name).write_bytes(built.read_bytes()[:100])  # never the loaded file itself: it is mapped
+    monkeypatch.setenv("HYBRID_ATTENTION_CACHE", str(damaged))
+    assert hybrid_native._load() is not None and (damaged / built.name).stat().st_size > 100
+    monkeypatch.setenv("HYBRID_ATTENTION_CACHE", str(built))  # a file, not a directory
+    with pytest.raises(RuntimeError, match="no writable cache directory"):
+        hybrid_native._load()
+
+
 def test_native_kernel_is_built_once_and_cached(monkeypatch, tmp_path):
     """A fresh cache directory: built (in about a second) to one file, then loaded from it without a compiler."""
     import time

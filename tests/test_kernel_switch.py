@@ -148,3 +148,16 @@ def test_runner_kernel_reaches_the_model_and_leaves_the_run_identity_alone(tiny_
     assert runs == ["ratio0.2_deg6"], runs
     records = (out / "arc_easy" / "ratio0.2_deg6" / "records.jsonl").read_text().splitlines()
     assert len(records) == 2  # the second run resumed the first: nothing to redo
+
+
+def test_numpy_scalars_are_knob_values():
+    """Values computed with NumPy (a sweep's np.linspace, a JSON round trip through pandas) are numbers too."""
+    import numpy as np
+
+    from support_basis.llada.configuration_llada import LLaDAConfig
+
+    config = LLaDAConfig(hybrid_exact_ratio=np.float32(0.25), hybrid_chebyshev_degree=np.int64(4))
+    assert (config.hybrid_exact_ratio, config.hybrid_chebyshev_degree) == (0.25, 4)
+    assert type(config.hybrid_chebyshev_degree) is int and type(config.hybrid_exact_ratio) is float
+    with pytest.raises(ValueError, match=r"hybrid_chebyshev_degree must be an integer.*np.float32\(4.5\)"):
+        config.hybrid_chebyshev_degree = np.float32(4.5)

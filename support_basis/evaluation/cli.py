@@ -40,10 +40,11 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
     p.add_argument("--batch_size", type=positive_int, default=8,
                    help="prompts per generate() call (results do not change)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="TOTAL denoising steps (default: 8 per block, the paper's setting)")
-    p.add_argument("--gen_length", type=int, default=None, help="answer tokens (default: the task's, 32 or 64)")
-    p.add_argument("--block_length", type=int, default=PAPER_BLOCK_LENGTH)
+    p.add_argument("--gen_length", type=positive_int, default=None,
+                   help="answer tokens (default: the task's, 32 or 64)")
+    p.add_argument("--block_length", type=positive_int, default=PAPER_BLOCK_LENGTH)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--cfg_scale", type=float, default=0.0)
@@ -103,6 +104,9 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
         raise ValueError(f"--gen_length ({gen_length}) must be a multiple of --block_length ({a.block_length})")
     steps = a.steps if a.steps is not None else PAPER_STEPS_PER_BLOCK * (gen_length // a.block_length)
     check_schedule(steps, gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
+    if steps > gen_length:  # a step reveals at least one token: the rest would only repeat forwards
+        raise ValueError(f"--steps ({steps}) is more than the answer length ({gen_length} tokens): at most "
+                         f"{gen_length} steps reveal anything; give --steps {gen_length} or fewer")
     data = str(Path(a.data_path).resolve()) if a.data_path else f"hub:{task.hub_id}/{task.hub_config}/{task.split}"
     model = str(Path(a.model_name).resolve()) if Path(a.model_name).exists() else a.model_name
     from .records import model_fingerprint
