@@ -18,10 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from support_basis.errors import ArgumentParser
+from support_basis.errors import ArgumentParser, cli
 from support_basis.synthetic import KINDS, write_heldout  # noqa: F401  (re-exported)
 
 
+@cli
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory to write (created if missing)")

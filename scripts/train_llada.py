@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from support_basis.errors import ArgumentParser  # no torch import: --help is quick
+from support_basis.errors import ArgumentParser, cli  # no torch import: --help is quick
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,6 +177,7 @@ def lr_at(step: int, a) -> float:
     return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+@cli
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)

@@ -16,6 +16,7 @@ Code raises :class:`UserError` (or its subclasses) with a message worded for the
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import math
@@ -54,11 +55,49 @@ def cli(main: Callable | None = None, *, prog: str | None = None):
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # here, not at exit: a full disk behind stdout is then this line, not a traceback
+            return result
         except UserError as err:
             fail(str(err), prog)
+        except OSError as err:
+            if err.filename is None and _stdout_broken():
+                err.filename = "the standard output"
+            message = disk_message(err)
+            if message is None:
+                raise
+            fail(message, prog)
 
     return wrapper
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout cannot take its pending output; if so, fd 1 is pointed at /dev/null, so that the flush at
+    exit does not print a second error (the documented way out of a broken stdout)."""
+    try:
+        sys.stdout.flush()
+        return False
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+
+
+_DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
+def disk_message(err: OSError) -> str | None:
+    """A full disk, a quota, a read-only file system or a permission refused while writing, as one line naming
+    the file and what to do; ``None`` for any other ``OSError`` (a bug or a fault of its own: its traceback
+    stays). Files already written stay: records are fsync-ed one by one and outputs are replaced atomically, so
+    a rerun resumes where this one stopped."""
+    cause = _DISK_ERRORS.get(err.errno)
+    if cause is None:
+        return None
+    where = err.filename or "its output (the standard output or a file it writes)"
+    return (f"cannot write {where}: {cause}; free space (or pass an output directory you can write) and run the "
+            "same command again: finished work is kept and resumed")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -167,3 +167,43 @@ def test_a_run_is_its_model_weights_records_and_claim(tiny_model_dir, tmp_path, 
     (run_dir / "run.json").unlink()
     err = _refused(capsys, tiny_model_dir, tmp_path / "b", "--limit", "2")
     assert "holds records but no run.json" in err, err
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_finished_records(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Writing a record fails with ENOSPC: one line naming the file and what to do, exit 2, and the records
+    written before it stay for the rerun."""
+    import errno
+
+    from support_basis.evaluation.records import RecordStore
+
+    run(tiny_model_dir, tmp_path / "out", "--limit", "1")
+    path = tmp_path / "out" / RUN / "records.jsonl"
+    before = path.read_text()
+
+    def full(self, records):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(RecordStore, "append", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run(tiny_model_dir, tmp_path / "out", "--limit", "3")
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if ": error: " in line]  # after the model loaded (its bar)
+    assert exit_.value.code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    err = errors[0]
+    assert f"cannot write {path}: no space left on the device" in err and "run the same command again" in err, err
+    assert path.read_text() == before
+
+
+@pytest.mark.slow
+def test_generate_into_a_full_device_is_one_line(tiny_model_dir):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, str(REPO / "generate.py"), "--model", str(tiny_model_dir), "--prompt",
+                              "Hi", "--gen-length", "8", "--steps", "2", "--block-length", "8"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if ": error: " in line]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot write its output" in errors[0] and "no space left on the device" in errors[0], errors[0]
