@@ -104,7 +104,7 @@ def validate_kernel(value, name: str = "hybrid_kernel") -> str:
     return value
 
 
-_HYBRID_VALIDATORS = {
+HYBRID_VALIDATORS = {  # config field -> its validator (also the transformers backend's, for any model's config)
     "hybrid_exact_ratio": validate_exact_ratio,
     "hybrid_chebyshev_degree": validate_chebyshev_degree,
     "hybrid_num_samples": validate_num_samples,
@@ -228,7 +228,7 @@ class LLaDAConfig(PretrainedConfig):
         self._check_architecture()
 
     def __setattr__(self, name, value):
-        validator = _HYBRID_VALIDATORS.get(name)
+        validator = HYBRID_VALIDATORS.get(name)
         if validator is not None:
             value = validator(_integral(value) if name in _INTEGER_FIELDS else value, name)
         super().__setattr__(name, value)

@@ -408,16 +408,19 @@ def _chunk_thresholds(scores, flat, take, exact_ratio, exact_split, need_sample,
         sample = scores.reshape(hc, -1).gather(1, flat.expand(hc, -1))
         if take is not None:
             taken = take & (sample > -math.inf)  # non-rectangular masks: drop samples that landed on masked pairs
-    if exact_ratio == 0:
-        # approximate everything: the interval is the exact range of the valid scores
-        hi = scores.amax(dim=(1, 2))
-        lo = scores.masked_fill(scores == -math.inf, math.inf).amin(dim=(1, 2))
+    if exact_ratio == 0:  # approximate everything: the interval is the exact range of the valid scores
+        lo, hi = _score_range(scores)
     elif native:
         lo, hi = native_thresholds(scores, flat, take, (1.0 - exact_split) * exact_ratio, exact_split * exact_ratio)
     else:
         lo, hi = _sample_thresholds(sample, taken, exact_ratio, exact_split)
-    empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)  # a fully masked head: any interval will do
-    return lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0), sample, taken
+    return *_usable(lo, hi), sample, taken
+
+
+def _usable(lo, hi):
+    """``(lo, hi)`` with a fully masked head's infinite interval replaced by [0, 0]: any interval will do there."""
+    empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)
+    return lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
 
 
 def _sample_thresholds(sample, taken, exact_ratio, exact_split):
@@ -534,21 +537,14 @@ def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype,
     plain = compute_dtype == torch.float32 and not track_grad
     if kernel == "triton":
         if not plain or (device.type != "cuda" and not (device.type == "cpu" and interpreted())):
-            raise ValueError(
-                f"kernel 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1) for fp32/bf16/fp16 inputs "
-                f"without autograd; got a {device.type} device, "
-                f"{'float64 scores' if compute_dtype == torch.float64 else 'fp32 scores'}"
-                f"{', autograd' if track_grad else ''}: use kernel 'auto'")
+            raise _cannot("triton", "on CUDA (or on the CPU under TRITON_INTERPRET=1)", device, compute_dtype,
+                          track_grad, "'auto'")
         if triton_error():
             raise RuntimeError(f"kernel 'triton': {triton_error()}; pip install triton, or use kernel 'auto'")
         return "triton"
     if kernel == "native":
         if device.type != "cpu" or not plain:
-            raise ValueError(
-                f"kernel 'native' runs on the CPU for fp32/bf16/fp16 inputs without autograd; got a {device.type} "
-                f"device, {'float64 scores' if compute_dtype == torch.float64 else 'fp32 scores'}"
-                f"{', autograd' if track_grad else ''}: use kernel 'auto' or 'eager'"
-            )
+            raise _cannot("native", "on the CPU", device, compute_dtype, track_grad, "'auto' or 'eager'")
         if native_library() is None:
             raise RuntimeError(f"kernel 'native': the native CPU kernel could not be built "
                                f"({native_error()}); install a C compiler (cc) or use kernel 'auto'")
@@ -560,6 +556,13 @@ def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype,
     if device.type == "cpu" and plain and native_library() is not None:
         return "native"
     return "eager"
+
+
+def _cannot(kernel, where, device, compute_dtype, track_grad, instead) -> ValueError:
+    """The error for a named kernel given inputs it cannot compute, saying what it takes and what came."""
+    return ValueError(f"kernel '{kernel}' runs {where} for fp32/bf16/fp16 inputs without autograd; got a "
+                      f"{device.type} device, {'float64' if compute_dtype == torch.float64 else 'fp32'} scores"
+                      f"{', autograd' if track_grad else ''}: use kernel {instead}")
 
 
 def _triton_forward(query, key, value, mask, plan, scale, exact_ratio, exact_split, degree, fit, out):
@@ -597,8 +600,7 @@ def _triton_forward(query, key, value, mask, plan, scale, exact_ratio, exact_spl
             lo, hi = _valid_range(queries[pairs], keys.index_select(0, kv_pairs), mask, batch_ids, head_ids, scale)
         else:
             lo, hi = _sample_thresholds(sample, taken, exact_ratio, exact_split)
-        empty = ~torch.isfinite(hi) | ~torch.isfinite(lo)
-        lo, hi = lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
+        lo, hi = _usable(lo, hi)
         a, bt, tp, c = _polynomial(lo, hi, degree, torch.float32, fit, sample, taken)
         alpha[pairs], beta[pairs], top[pairs], coef[pairs] = a.flatten(), bt.flatten(), tp.flatten(), c[:, 0]
     triton_attention(query, key, value, mask, alpha, beta, top, coef, degree, scale, out)
@@ -617,9 +619,15 @@ def _valid_range(q, k, mask, batch_ids, head_ids, scale):
             m = _rows_for_pairs(mask, batch_ids, head_ids)
             m = m[:, r0 : r0 + rows] if m.shape[1] > 1 else m
             s = s.masked_fill(~m, -math.inf) if m.dtype == torch.bool else s + m
-        hi = torch.maximum(hi, s.amax(dim=(1, 2)))
-        lo = torch.minimum(lo, s.masked_fill(s == -math.inf, math.inf).amin(dim=(1, 2)))
+        block_lo, block_hi = _score_range(s)
+        lo, hi = torch.minimum(lo, block_lo), torch.maximum(hi, block_hi)
     return lo, hi
+
+
+def _score_range(scores):
+    """Per pair of ``scores (P, R, Lk)`` (-inf at masked pairs), the smallest and largest valid score (+inf and
+    -inf where there is none)."""
+    return scores.masked_fill(scores == -math.inf, math.inf).amin(dim=(1, 2)), scores.amax(dim=(1, 2))
 
 
 _COMPILED = {}

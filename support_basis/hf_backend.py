@@ -19,12 +19,12 @@ from .llada.configuration_llada import (
     DEFAULT_FIT,
     DEFAULT_KERNEL,
     DEFAULT_NUM_SAMPLES,
+    HYBRID_VALIDATORS,
     validate_chebyshev_degree,
     validate_exact_ratio,
     validate_exact_split,
     validate_fit,
     validate_kernel,
-    validate_num_samples,
 )
 from .llada.hybrid_attention import hybrid_attention
 
@@ -34,9 +34,6 @@ DEFAULT_CHEBYSHEV_DEGREE = 6
 _DEFAULTS = {"exact_ratio": DEFAULT_EXACT_RATIO, "chebyshev_degree": DEFAULT_CHEBYSHEV_DEGREE,
              "num_samples": DEFAULT_NUM_SAMPLES, "exact_split": DEFAULT_EXACT_SPLIT, "fit": DEFAULT_FIT,
              "kernel": DEFAULT_KERNEL}
-_VALIDATORS = {"exact_ratio": validate_exact_ratio, "chebyshev_degree": validate_chebyshev_degree,
-               "num_samples": validate_num_samples, "exact_split": validate_exact_split, "fit": validate_fit,
-               "kernel": validate_kernel}
 
 
 def support_basis_attention_forward(
@@ -62,8 +59,8 @@ def support_basis_attention_forward(
     config = getattr(module, "config", None)
     # any model's config: its hybrid_* fields enter here unchecked, so each goes through its validator under the
     # field's own name (the message a person can act on)
-    knob = {name: _VALIDATORS[name](getattr(config, f"hybrid_{name}", default), f"hybrid_{name}")
-            for name, default in _DEFAULTS.items()}
+    knob = {name: HYBRID_VALIDATORS[f"hybrid_{name}"](getattr(config, f"hybrid_{name}", default), f"hybrid_{name}")
+            for name, default in _DEFAULTS.items()}  # one validator per knob: the config's own table
     ratio = knob["exact_ratio"]
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     lq, lk = query.shape[2], key.shape[2]

@@ -91,7 +91,8 @@ def test_the_knobs_have_one_validator_each():
     for name in ("exact_ratio", "chebyshev_degree", "num_samples", "exact_split", "fit", "kernel"):
         validator = getattr(config, f"validate_{name}")
         assert getattr(op, f"validate_{name}") is validator, name
-        assert hf_backend._VALIDATORS[name] is validator, name
+        assert config.HYBRID_VALIDATORS[f"hybrid_{name}"] is validator, name
+    assert hf_backend.HYBRID_VALIDATORS is config.HYBRID_VALIDATORS  # the backend checks with the config's table
 
 
 def test_backend_passes_the_kernel_from_the_config(monkeypatch, rng):
