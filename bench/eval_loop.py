@@ -22,7 +22,7 @@ from _common import REPO, add_kernel_flag, emit_json, kernel_ran, machine, print
 from support_basis.evaluation.data import load_items
 from support_basis.evaluation.records import RecordStore
 from support_basis.evaluation.runner import evaluate
-from support_basis.evaluation.tasks import TASKS
+from support_basis.evaluation.tasks import PAPER_TASKS as TASKS
 from support_basis.tiny_model import build_tokenizer
 
 

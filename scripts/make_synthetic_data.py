@@ -5,7 +5,9 @@
 
 Writes ``OUT/<task>.jsonl`` for the five runners (arc_challenge, arc_easy, gpqa, hellaswag, mmlu: the same
 problems, each in its task's schema, ``n`` per kind interleaved kind by kind, the kind as the item's subject)
-and ``OUT/recall_free.jsonl``
+the official protocol's files (``arc_challenge_validation``, ``gpqa_diamond``, ``mmlu_dev``: five other problems
+per kind as MMLU's few-shot split, ``gsm8k``: the answer as a worked solution ending in ``#### N``) and
+``OUT/recall_free.jsonl``
 (``{"id", "prompt", "answer"}``: the recall questions alone, for free-form exact match). Every problem is in the
 fixed held-out split that training never sees (``support_basis/synthetic/problems.py``). Deterministic.
 

@@ -38,12 +38,16 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
     return model.to(device).eval(), tokenizer
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
+def tokenize_prompts(tokenizer, prompts: list, chat: bool) -> list[list[int]]:
     """Token ids of each prompt, tokenised as LLaDA's own sampler does it: with ``chat``, the chat template to text
-    first, then the tokenizer's defaults. Raises ``ValueError`` for a prompt that tokenises to nothing."""
+    first, then the tokenizer's defaults. A prompt is a string (one user turn) or, with ``chat``, a conversation
+    (a list of ``{"role", "content"}`` turns ending with the user's). Raises ``ValueError`` for a prompt that
+    tokenises to nothing."""
     if chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                 tokenize=False) for t in prompts]
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}] if isinstance(t, str) else t,
+                                                 add_generation_prompt=True, tokenize=False) for t in prompts]
+    elif any(not isinstance(t, str) for t in prompts):
+        raise ValueError("a conversation (few-shot turns) needs the chat template; it cannot be sent raw")
     encoded = [tokenizer(t, verbose=False)["input_ids"] for t in prompts]  # length is checked by the callers
     if any(len(e) == 0 for e in encoded):
         raise ValueError("a prompt is empty after tokenisation")

@@ -95,7 +95,9 @@ def generate(
     attention. ``mask_id`` and ``eos_token_id`` default to the model config's. ``cfg_scale > 0`` adds a second
     forward with the prompt masked out and mixes ``un + (cfg_scale + 1) * (cond - un)``. ``logits_eos_inf`` forbids
     EOS; ``confidence_eos_eot_inf`` lets EOS/EoT (``eot_token_id``, e.g. ``<|eot_id|>``) be predicted but reveals
-    them last; both hold at every temperature. ``generator`` seeds the sampling noise; ``callback(step, x)`` runs
+    them last, ranking the other positions, as LLaDA's sampler does, by their probability with EOS/EoT taken out
+    of the distribution (LLaDA leaves the order among EOS/EoT predictions to ``topk``'s ties; here it is their own
+    probability); both hold at every temperature (LLaDA's own code applies it fully only at temperature 0). ``generator`` seeds the sampling noise; ``callback(step, x)`` runs
     after every step (``step`` counts from 1) with the current sequences. The mask token itself is never predicted
     (its logit is set to -inf), so every answer position ends unmasked; for a trained LLaDA, whose mask-token
     probability is ~0, this changes nothing, while a random model could otherwise leave masks in its answer.
@@ -170,16 +172,22 @@ def generate(
                 logits[..., eos_token_id] = -torch.inf
             x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)  # (B, block_length)
             if remasking == "low_confidence":
-                confidence = F.softmax(logits.double(), dim=-1).gather(-1, x0[..., None])[..., 0]
+                probs = F.softmax(logits.double(), dim=-1)
+                confidence = probs.gather(-1, x0[..., None])[..., 0]
             else:
                 confidence = torch.rand(x0.shape, dtype=torch.float64, device=device, generator=generator)
             rank = confidence
-            if confidence_eos_eot_inf:
+            specials = [t for t in (eos_token_id, eot_token_id) if t is not None] if confidence_eos_eot_inf else []
+            if specials:
+                special = torch.isin(x0, torch.tensor(specials, device=device))
+                if remasking == "low_confidence":
+                    # as LLaDA's sampler: another token's confidence is its probability with EOS/EoT taken out of
+                    # the distribution (renormalised; still <= 1), so positions that weighed ending rank higher
+                    rest = (1.0 - probs[..., specials].sum(-1)).clamp_min(torch.finfo(torch.float64).tiny)
+                    confidence = torch.where(special, confidence, (confidence / rest).clamp_max(1.0))
                 # EOS/EoT last: below every other masked position (confidences are >= 0) but above the revealed
                 # ones (-inf), so a block whose other positions are all revealed still reveals them
-                for special in (eos_token_id, eot_token_id):
-                    if special is not None:
-                        rank = torch.where(x0 == special, confidence - 2.0, rank)
+                rank = torch.where(special, confidence - 2.0, confidence)
             current = x[:, start:end]
             masked = current == mask_id
             rank = rank.masked_fill(~masked, -torch.inf)

@@ -11,6 +11,7 @@ the benchmarks, training (the start of the shipped tiny LLaDA) and ``scripts/mak
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -153,13 +154,26 @@ def make_tiny_model(
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0, embedding_std)
     model = model.to(getattr(torch, dtype))
-    out.mkdir(parents=True, exist_ok=True)  # only now: a bad setting above leaves no directory behind
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    for name in CODE_FILES:  # the model directory's own files: a generated artifact, like the weights
-        shutil.copyfile(MODEL_DIR / name, out / name)
-    _normalise_config(out / "config.json", dtype)
-    write_tokenizer_config(out, max_sequence_length)
+    # written whole or not at all: into a sibling staging directory first (a full disk or a crash there leaves
+    # OUT as it was), then moved in; only now, so a bad setting above leaves no directory behind
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.mkdir()
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        for name in CODE_FILES:  # the model directory's own files: a generated artifact, like the weights
+            shutil.copyfile(MODEL_DIR / name, stage / name)
+        _normalise_config(stage / "config.json", dtype)
+        write_tokenizer_config(stage, max_sequence_length)
+        if not out.exists():
+            stage.rename(out)
+        else:  # an existing directory (a model rewritten in place): file by file, each replaced atomically
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 

@@ -207,3 +207,29 @@ def test_generate_into_a_full_device_is_one_line(tiny_model_dir):
     errors = [line for line in res.stderr.splitlines() if ": error: " in line]
     assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "cannot write its output" in errors[0] and "no space left on the device" in errors[0], errors[0]
+
+
+def test_make_tiny_model_writes_its_directory_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    """A full disk while writing (here: at the last file) leaves no directory, no staging sibling, and one line."""
+    import errno
+
+    from support_basis import tiny_model
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiny_model, "write_tokenizer_config", full)
+    from conftest import load_script
+
+    script = load_script("make_tiny_model")
+    with pytest.raises(SystemExit) as e:
+        script.main([str(tmp_path / "m")])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "Writing model shards" not in line]
+    assert e.value.code == 2 and len(err) == 1 and "no space left" in err[0].lower(), err  # (past the save bar)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "mine.txt").write_text("kept")  # an existing directory: files replaced, others kept
+    script.main([str(tmp_path / "m")])
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "mine.txt").read_text() == "kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]

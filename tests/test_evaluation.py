@@ -15,7 +15,7 @@ from support_basis.evaluation.answers import parse_choice
 from support_basis.evaluation.data import DataError, load_items
 from support_basis.evaluation.records import score
 from support_basis.evaluation.report import write_report
-from support_basis.evaluation.tasks import TASKS, get_task
+from support_basis.evaluation.tasks import PAPER_TASKS, TASKS, get_task
 
 FIXTURES = REPO / "tests" / "fixtures" / "data"
 CHOICES = ["London", "Berlin", "Paris", "Rome", "Oslo"]
@@ -37,7 +37,7 @@ def test_parse_choice_reads_like_a_person(text, n, expected):
     assert parse_choice(text, n, CHOICES[:n]) == expected
 
 
-@pytest.mark.parametrize("task_name", sorted(TASKS))
+@pytest.mark.parametrize("task_name", sorted(PAPER_TASKS))
 def test_fixture_items_follow_the_paper_prompts(task_name):
     task = get_task(task_name)
     items = load_items(task, str(FIXTURES))
@@ -210,7 +210,7 @@ def test_report_tabulates_the_grid(tmp_path):
     assert "| ARC-Easy (n=100) | 80.00 ± 4.00 | - | 75.00 ± 4.33 (-5.00) |" in text
     assert "62.00 ± 6.86 (+2.00)" in text
     rows = csv_path.read_text().splitlines()
-    assert rows[0].startswith("task,config,accuracy,stderr") and len(rows) == 5
+    assert rows[0].startswith("task,config,protocol,accuracy,stderr") and len(rows) == 5
     assert png.stat().st_size > 1000
 
 

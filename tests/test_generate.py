@@ -15,10 +15,12 @@ from conftest import REPO
 from generate import add_gumbel_noise, generate, left_pad, steps_per_block, transfer_schedule
 
 
-def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale=0.0, mask_id):
+def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale=0.0, mask_id, eos_eot=None):
     """Greedy LLaDA sampling for ONE unpadded prompt ``(1, P)``, written as the official sampler does it (full
     logits, float64 softmax over every position, a Python loop per row) with steps split by ``steps_per_block``
-    and the mask token never predicted."""
+    and the mask token never predicted. ``eos_eot=(eos, eot)``: its ``confidence_eos_eot_inf`` at temperature 0,
+    both logits set to -inf after the argmax (an EOS/EoT prediction has confidence 0, any other its probability
+    renormalised without them)."""
     p = prompt.shape[1]
     x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
     prompt_index = x != mask_id
@@ -37,6 +39,8 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
                 logits = model(x).logits
             logits[..., mask_id] = -float("inf")  # the one deliberate addition (see generate's docstring)
             x0 = logits.argmax(-1)
+            if eos_eot is not None:
+                logits[..., list(eos_eot)] = -float("inf")
             x0_p = F.softmax(logits.double(), -1).gather(-1, x0[..., None])[..., 0]
             x0_p[:, hi:] = -float("inf")
             x0 = torch.where(mask_index, x0, x)
@@ -263,3 +267,66 @@ def test_cli_as_a_script(tiny_model_dir):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("=== [0] Hi")
+
+
+def test_eos_last_ranks_as_llada_does(tiny_model, rng):
+    """confidence_eos_eot_inf: the other positions' order is LLaDA's (renormalised without EOS/EoT). The model's
+    EOS and EoT are two frequent tokens of its answers, so the option changes the outcome; where LLaDA reveals no
+    EOS/EoT (so no tie among their zero confidences was ever broken by its topk), the two agree token for token."""
+    cfg = tiny_model.config
+    plain = [generate(tiny_model, torch.randint(0, 400, (n,), generator=rng)[None], steps=8, gen_length=8,
+                      block_length=8)[0, -8:] for n in (3, 5, 9, 12)]
+    common = torch.cat(plain).bincount().topk(2).indices.tolist()  # the answers' two most frequent tokens
+    eos, eot = common
+    compared = changed = 0
+    for seed in range(24):
+        prompt = torch.randint(0, 400, (3 + seed,), generator=torch.Generator().manual_seed(seed))[None]
+        kw = dict(steps=8, gen_length=8, block_length=8)
+        ours = generate(tiny_model, prompt, eos_token_id=eos, eot_token_id=eot, confidence_eos_eot_inf=True, **kw)
+        ref = reference_generate(tiny_model, prompt, mask_id=cfg.mask_token_id, eos_eot=(eos, eot), **kw)
+        answer = ref[0, -8:]
+        if not torch.isin(answer, torch.tensor([eos, eot])).any():
+            compared += 1
+            assert torch.equal(ours, ref), seed
+        changed += not torch.equal(ours, generate(tiny_model, prompt, **kw))
+    assert compared >= 3 and changed >= 1
+
+
+class _FixedAnswerModel(torch.nn.Module):
+    """Every answer position's distribution fixed: (favourite, its probability, EOS/EoT probability beside it)."""
+
+    V, MASK, EOS, EOT = 16, 15, 14, 13
+
+    def __init__(self, rows, prompt_len=2):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        logits = torch.full((prompt_len + len(rows), self.V), -30.0)
+        for j, (tok, p, special, e) in enumerate(rows):
+            probs = torch.full((self.V,), (1 - p - e) / (self.V - 3))
+            probs[[tok, special, self.MASK]] = torch.tensor([p, e, 0.0])
+            logits[prompt_len + j] = probs.clamp_min(1e-12).log()
+        self.register_buffer("table", logits)
+
+    def forward(self, x, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[None].expand(x.shape[0], -1, -1).clone())
+
+
+def test_eos_last_orders_the_other_positions_without_eos_probability():
+    """LLaDA's ``confidence_eos_eot_inf`` takes EOS/EoT out of each position's distribution before ranking:
+    probability 0.5 beside EOS 0.45 (0.91 renormalised) is revealed before 0.7 with nothing beside it."""
+    m = _FixedAnswerModel([(5, 0.50, m_eos := _FixedAnswerModel.EOS, 0.45), (6, 0.60, m_eos, 0.0),
+                           (7, 0.55, _FixedAnswerModel.EOT, 0.40), (8, 0.70, m_eos, 0.01)])
+    order = []
+
+    def watch(step, x):
+        revealed = (x[0, 2:] != m.MASK).nonzero().flatten().tolist()
+        order.extend(j for j in revealed if j not in order)
+
+    kw = dict(steps=4, gen_length=4, block_length=4, mask_id=m.MASK, eos_token_id=m.EOS, eot_token_id=m.EOT)
+    generate(m, torch.tensor([[1, 2]]), confidence_eos_eot_inf=True, callback=watch, **kw)
+    assert order == [2, 0, 3, 1]
+    order.clear()
+    generate(m, torch.tensor([[1, 2]]), callback=watch, **kw)
+    assert order == [3, 1, 2, 0]  # without the option: plain probabilities

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from support_basis.evaluation.answers import LETTERS
-from support_basis.evaluation.tasks import TASKS
+from support_basis.evaluation.tasks import PAPER_TASKS as TASKS
 from support_basis.synthetic import KINDS, heldout_problems, is_heldout, make_problem, to_row, training_problem
 
 

@@ -50,7 +50,9 @@ def parse_choice(text: str, n_choices: int, choices: list[str] | None = None) ->
 
 
 _PAPER = re.compile(r"\b[A-E]\b")
-PARSERS = ("reader", "paper")
+# every reading a record can hold: the two above, OpenCompass's (the official protocol: opencompass.py) and, for
+# GSM8K's numbers, lm-eval's flexible and strict extraction (gsm8k.py); each task reads with its own subset
+PARSERS = ("reader", "paper", "opencompass", "flexible", "strict")
 
 
 def paper_choice(text: str) -> str | None:

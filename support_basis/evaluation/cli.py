@@ -13,18 +13,21 @@ from .data import load_items
 from .records import RecordStore, config_name
 from .tasks import TASKS, get_task
 
-PAPER_STEPS_PER_BLOCK = 8  # the paper's runners: steps=8 per block (their sampler counts steps per block)
-PAPER_BLOCK_LENGTH = 32
+from .protocols import PROTOCOLS, default_sampler
 
 
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     title = TASKS[task_name].title if task_name else "a benchmark"
     p = ArgumentParser(
-        description=f"Evaluate a LLaDA-BS model on {title} by generation (the paper's protocol by default: chat "
-        "template, letter answers, gen_length 32 (64 for GPQA), 8 steps per 32-token block, temperature 0, float32).",
+        description=f"Evaluate a LLaDA-BS model on {title} by generation. --protocol paper (the default of the "
+        "multiple-choice runners): the support-basis paper's prompts, gen_length 32 (64 for GPQA), 8 steps per "
+        "32-token block; --protocol official (GSM8K's only one): LLaDA-8B-Instruct's published OpenCompass runs "
+        "(their prompts, shots, splits, sampler settings and answer extraction). Temperature 0, chat template.",
     )
     if task_name is None:
         p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                   help="paper or official (default: paper; official for GSM8K); part of a run's identity")
     p.add_argument("--model_name", required=True, help="a LLaDA-BS model directory (scripts/prepare_model.py) or hub id")
     p.add_argument("--exact_ratio", type=float, default=0.2, help="hybrid_exact_ratio in [0, 1]; 1 = exact attention")
     p.add_argument("--chebyshev_degree", type=int, default=6, help="hybrid_chebyshev_degree in [1, 1024]")
@@ -41,10 +44,14 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=positive_int, default=8,
                    help="prompts per generate() call (results do not change)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="TOTAL denoising steps (default: 8 per block, the paper's setting)")
+                   help="TOTAL denoising steps (default: the protocol's: paper 8 per block, official gen_length)")
     p.add_argument("--gen_length", type=positive_int, default=None,
-                   help="answer tokens (default: the task's, 32 or 64)")
-    p.add_argument("--block_length", type=positive_int, default=PAPER_BLOCK_LENGTH)
+                   help="answer tokens (default: the protocol's: paper 32 or 64; official 3 to 512, per task)")
+    p.add_argument("--block_length", type=positive_int, default=None,
+                   help="tokens per block (default: the protocol's: paper 32; official the gen_length)")
+    p.add_argument("--confidence_eos_eot_inf", type=int, default=None, choices=[0, 1],
+                   help="1: reveal predicted EOS/EoT last (LLaDA's option; default: the protocol's: official GPQA "
+                   "and GSM8K 1, else 0)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--cfg_scale", type=float, default=0.0)
@@ -56,16 +63,23 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                    help="adaptive parallel decoding factor > 0 (e.g. 1.0); excludes --threshold")
     p.add_argument("--out_dir", default="results", help="results go to OUT_DIR/<task>/<config>/")
     p.add_argument("--data_path", default=None,
-                   help="local data instead of the hub: a json/jsonl/parquet file, or a directory with <task>.jsonl")
+                   help="local data instead of the hub: a json/jsonl/parquet file, or a directory with <task>.jsonl "
+                   "(official: arc_challenge_validation.jsonl, gpqa_diamond.jsonl, mmlu.jsonl + mmlu_dev.jsonl)")
+    p.add_argument("--fewshot_path", default=None,
+                   help="official MMLU's few-shot examples (cais/mmlu dev split) as a local file (default: "
+                   "mmlu_dev.jsonl beside --data_path, else the hub)")
     p.add_argument("--seed", type=number(0, 2**63 - 1, integer=True), default=0,
                    help="seed of the sampling noise (temperature > 0 or random remasking), per item")
-    p.add_argument("--answer_parser", default="reader", choices=PARSERS,
-                   help="how summary.json's accuracy reads a letter: reader (default; as a person would) or paper "
-                   "(the paper's runners: the first standalone A-E); records and summary.md carry both")
+    p.add_argument("--answer_parser", default=None, choices=PARSERS,
+                   help="how summary.json's accuracy reads an answer: reader (as a person would; the paper "
+                   "protocol's default), paper (the paper's runners: the first standalone A-E), opencompass (what "
+                   "the published figures scored; the official protocol's default), GSM8K also flexible/strict "
+                   "(lm-eval's); records and summary.md carry every reading")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="float32 as the paper's runners; bfloat16 halves memory and time on a GPU")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no_chat", action="store_true", help="send the prompt raw, without the chat template")
+    p.add_argument("--no_chat", action="store_true",
+                   help="send the prompt raw, without the chat template (paper protocol only)")
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -98,22 +112,48 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
 
     check_fast_sampling(a.cache, a.threshold, a.factor, a.remasking, flags={
         "cache": "--cache", "threshold": "--threshold", "factor": "--factor", "remasking": "--remasking"})
-
-    gen_length = a.gen_length or task.gen_length
-    if gen_length % a.block_length:
-        raise ValueError(f"--gen_length ({gen_length}) must be a multiple of --block_length ({a.block_length})")
-    steps = a.steps if a.steps is not None else PAPER_STEPS_PER_BLOCK * (gen_length // a.block_length)
-    check_schedule(steps, gen_length, a.block_length, a.remasking, a.temperature, a.cfg_scale)
+    protocol = protocol_of(a, task)
+    spec = task.source(protocol)
+    if protocol == "official" and a.no_chat:
+        raise ValueError("--no_chat: the official protocol sends every prompt through the chat template, as the "
+                         "published runs did; drop --no_chat or use --protocol paper")
+    if a.fewshot_path and not spec.shots_split:
+        raise ValueError(f"--fewshot_path: {task.name} under --protocol {protocol} takes no few-shot examples from "
+                         "a split (only official MMLU does); drop it")
+    parser = a.answer_parser or ("opencompass" if protocol == "official" else task.parsers[0])
+    if parser not in task.parsers:
+        raise ValueError(f"--answer_parser {parser}: {task.title} answers are read by {', '.join(task.parsers)}")
+    base = default_sampler(task.name, protocol, task.gen_length)
+    gen_length = a.gen_length or base.gen_length
+    # a changed answer length keeps the protocol's shape: the paper's 32-token blocks, or one block (official)
+    block_length = a.block_length or (base.block_length if protocol == "paper" or not a.gen_length else gen_length)
+    if gen_length % block_length:
+        raise ValueError(f"--gen_length ({gen_length}) must be a multiple of --block_length ({block_length})")
+    if a.steps is not None:
+        steps = a.steps
+    elif protocol == "paper":
+        steps = (base.steps // (base.gen_length // base.block_length)) * (gen_length // block_length)
+    else:
+        steps = gen_length  # the published runs: one token per step
+    check_schedule(steps, gen_length, block_length, a.remasking, a.temperature, a.cfg_scale)
     if steps > gen_length:  # a step reveals at least one token: the rest would only repeat forwards
         raise ValueError(f"--steps ({steps}) is more than the answer length ({gen_length} tokens): at most "
                          f"{gen_length} steps reveal anything; give --steps {gen_length} or fewer")
-    data = str(Path(a.data_path).resolve()) if a.data_path else f"hub:{task.hub_id}/{task.hub_config}/{task.split}"
+    eos_last = base.confidence_eos_eot_inf if a.confidence_eos_eot_inf is None else bool(a.confidence_eos_eot_inf)
+    if a.data_path:
+        data = str(Path(a.data_path).resolve())
+    else:
+        data = f"hub:{task.hub_id}/{spec.hub_config}/{spec.split}"
+    if spec.shots_split:
+        data += " + shots " + (str(Path(a.fewshot_path).resolve()) if a.fewshot_path
+                               else "beside it" if a.data_path else f"hub:{spec.shots_split}")
     model = str(Path(a.model_name).resolve()) if Path(a.model_name).exists() else a.model_name
     from .records import model_fingerprint
 
     split, fit = validate_exact_split(a.exact_split, "--exact_split"), validate_fit(a.fit, "--fit")
     return {
         "task": task.name,
+        "protocol": protocol,
         "model": model,
         "exact_ratio": validate_exact_ratio(exact_ratio, "--exact_ratio"),
         "chebyshev_degree": validate_chebyshev_degree(chebyshev_degree, "--chebyshev_degree"),
@@ -122,22 +162,36 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
         "fit": fit if exact_ratio < 1 else "chebyshev",
         "steps": steps,
         "gen_length": gen_length,
-        "block_length": a.block_length,
+        "block_length": block_length,
         "temperature": a.temperature,
         "remasking": a.remasking,
         "cfg_scale": a.cfg_scale,
         "cache": a.cache,
         "threshold": a.threshold,
         "factor": a.factor,
+        "confidence_eos_eot_inf": eos_last,
         "dtype": a.dtype,
         "seed": a.seed,
         "data": data,
         "chat": not a.no_chat,
         "limit": a.limit,
         "batch_size": a.batch_size,
-        "answer_parser": a.answer_parser,
+        "answer_parser": parser,
         "model_fp": model_fingerprint(model),  # the weights themselves: a model retrained in place is another run
     }
+
+
+def protocol_of(a, task) -> str:
+    """The protocol a run follows: ``--protocol``, else the task's first (paper; GSM8K: official)."""
+    return a.protocol or next(iter(task.protocols))
+
+
+def default_settings(task, protocol: str) -> dict:
+    """The sampler settings a run of ``protocol`` has unless flags change them (a config name lists the others)."""
+    base = default_sampler(task.name, protocol, task.gen_length)
+    return {"steps": base.steps, "gen_length": base.gen_length, "block_length": base.block_length,
+            "temperature": 0.0, "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none", "threshold": None,
+            "factor": None, "confidence_eos_eot_inf": base.confidence_eos_eot_inf}
 
 
 @cli
@@ -158,7 +212,7 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     check_output_dir(a.out_dir, "--out_dir")
     check_model_dir(a.model_name, "--model_name")
     check_device(a.device)
-    items = load_items(task, a.data_path, a.limit)
+    items = load_items(task, a.data_path, a.limit, runs[0]["protocol"], a.fewshot_path)
     import torch
     from accelerate import PartialState
 
@@ -174,12 +228,9 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         device = a.device
-    default_sampler = {"steps": PAPER_STEPS_PER_BLOCK * (task.gen_length // PAPER_BLOCK_LENGTH),
-                       "gen_length": task.gen_length, "block_length": PAPER_BLOCK_LENGTH,
-                       "temperature": 0.0, "remasking": "low_confidence", "cfg_scale": 0.0,
-                       "cache": "none", "threshold": None, "factor": None}
+    defaults = default_settings(task, runs[0]["protocol"])
     # check every output directory's earlier runs before the (slow) model load: a mismatch fails at once
-    stores = [RecordStore(Path(a.out_dir) / task.name / config_name(s, default_sampler), s,
+    stores = [RecordStore(Path(a.out_dir) / task.name / config_name(s, defaults), s,
                           state.process_index, state.num_processes) for s in runs]
     for store in stores:
         store.check_items(items)
@@ -201,10 +252,11 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
                                wait_for_everyone=state.wait_for_everyone, progress=not a.no_progress)
             if summary is not None:
                 summaries.append(summary)
-                other = next(q for q in PARSERS if q != summary["answer_parser"])
+                others = "; ".join(f"{q} {summary['by_parser'][q]['accuracy']:.4f}" for q in task.parsers
+                                   if q != summary["answer_parser"])
                 print(f"{task.title} [{store.dir.name}]: accuracy {summary['accuracy']:.4f} +- "
-                      f"{summary['stderr']:.4f} (n={summary['n']}, unparsed {summary['unparsed']}; {other} parser "
-                      f"{summary['by_parser'][other]['accuracy']:.4f}) -> {store.dir / 'summary.json'}", flush=True)
+                      f"{summary['stderr']:.4f} ({summary['answer_parser']}; n={summary['n']}, unparsed "
+                      f"{summary['unparsed']}; {others}) -> {store.dir / 'summary.json'}", flush=True)
     finally:
         leave_process_group()  # before interpreter shutdown (see support_basis/process_group.py)
     return summaries

@@ -30,11 +30,11 @@ from .answers import PARSERS, paper_choice
 # Settings that change what an item's record is; the rest (batch size, limit, ...) may vary between resumes.
 IDENTITY_KEYS = ("task", "model", "exact_ratio", "chebyshev_degree", "steps", "gen_length", "block_length",
                  "temperature", "remasking", "cfg_scale", "dtype", "seed", "data", "chat", "cache", "threshold",
-                 "factor", "exact_split", "fit", "model_fp")
+                 "factor", "exact_split", "fit", "model_fp", "protocol", "confidence_eos_eot_inf")
 # identity keys added later: a run.json written before them holds their default (model_fp: unknown, not compared)
 _UNKNOWN = object()
 IDENTITY_DEFAULTS = {"cache": "none", "threshold": None, "factor": None, "exact_split": 0.5, "fit": "chebyshev",
-                     "model_fp": _UNKNOWN}
+                     "model_fp": _UNKNOWN, "protocol": "paper", "confidence_eos_eot_inf": False}
 
 
 def model_fingerprint(model: str) -> str | None:
@@ -62,26 +62,33 @@ class ConfigMismatch(UserError):
 
 
 def item_fingerprint(item) -> str:
-    """16 hex digits identifying an item's content: id, prompt, choices, answer key and subject."""
-    text = json.dumps([item.id, item.prompt, list(item.choices), item.gold, item.subject], ensure_ascii=False)
+    """16 hex digits identifying an item's content: id, prompt, choices, answer key, subject and (where there is
+    one) the conversation before the prompt (a single-turn item's fingerprint is what it was before turns)."""
+    content = [item.id, item.prompt, list(item.choices), item.gold, item.subject]
+    if getattr(item, "history", ()):
+        content.append([list(turn) for turn in item.history])
+    text = json.dumps(content, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 _SHORT = {"steps": "steps", "gen_length": "gen", "block_length": "block", "temperature": "temp",
-          "remasking": "", "cfg_scale": "cfg", "cache": "cache-", "threshold": "thr", "factor": "fac"}
+          "remasking": "", "cfg_scale": "cfg", "cache": "cache-", "threshold": "thr", "factor": "fac",
+          "confidence_eos_eot_inf": "eoslast"}
 
 
 def config_name(settings: dict, default_sampler: dict) -> str:
-    """``exact`` or ``ratio0.2_deg6``; sampler settings that differ from the task's defaults are appended
-    (``ratio0.2_deg6__steps16_temp0.5``)."""
+    """``exact`` or ``ratio0.2_deg6``, after ``official_`` under the official protocol; sampler settings that
+    differ from the protocol's defaults for the task are appended (``ratio0.2_deg6__steps16_temp0.5``)."""
     r = settings["exact_ratio"]
     name = "exact" if r >= 1 else f"ratio{r:g}_deg{settings['chebyshev_degree']}"
+    if settings.get("protocol", "paper") != "paper":
+        name = f"{settings['protocol']}_{name}"
     if r < 1 and settings.get("exact_split", 0.5) != 0.5:  # the op's knobs beyond the paper, when set
         name += f"_split{settings['exact_split']:g}"
     if r < 1 and settings.get("fit", "chebyshev") != "chebyshev":
         name += f"_{settings['fit']}"
     changed = [f"{_SHORT[k]}{settings[k]:g}" if isinstance(settings[k], (int, float))
-               else f"{_SHORT[k]}{settings[k]}" for k, default in default_sampler.items() if settings[k] != default]
+               else f"{_SHORT[k]}{settings[k]}" for k, default in default_sampler.items() if settings.get(k, default) != default]
     return name + ("__" + "_".join(changed) if changed else "")
 
 
@@ -184,35 +191,73 @@ class RecordStore:
 
 
 def parse_of(record: dict, parser: str = "reader") -> str | None:
-    """The answer ``parser`` read in a record: ``parsed`` (reader) or ``parsed_paper`` (derived from the raw
-    output for records written before both were stored)."""
-    if parser == "reader":
+    """What ``parser`` read in a record: ``parsed_<parser>``, or ``parsed`` for the task's first parser; for records
+    written before a multiple-choice parser was stored, derived from the raw output."""
+    if f"parsed_{parser}" in record:
+        return record[f"parsed_{parser}"]
+    if parser == _parsers(record)[0]:
         return record["parsed"]
-    return record["parsed_paper"] if "parsed_paper" in record else paper_choice(record.get("raw_output", ""))
+    return _derived(record, parser)[0]
 
 
-def score(records: list[dict], parser: str = "reader") -> dict:
-    """Accuracy, its binomial standard error, counts (per subject where records carry one) under ``parser``,
-    plus ``by_parser``: accuracy, stderr and unparsed count under each parser (reader and paper)."""
-    if parser not in PARSERS:
-        raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
-    by_parser = {}
-    for name in PARSERS:
-        parses = [parse_of(r, name) for r in records]
-        correct = sum(p == r["gold"] for p, r in zip(parses, records))
-        n = len(records)
-        acc = correct / n if n else math.nan
-        by_parser[name] = {"correct": correct, "accuracy": acc,
-                           "stderr": math.sqrt(acc * (1 - acc) / n) if n else math.nan,
-                           "unparsed": sum(p is None for p in parses)}
-    out = {"n": len(records), **by_parser[parser], "answer_parser": parser, "by_parser": by_parser}
+def correct_of(record: dict, parser: str = "reader") -> bool:
+    """Whether ``parser``'s reading of a record is right (``correct_<parser>``, ``correct`` for the first parser,
+    derived from the raw output for older records)."""
+    if f"correct_{parser}" in record:
+        return bool(record[f"correct_{parser}"])
+    if parser == _parsers(record)[0]:
+        return bool(record["correct"]) if "correct" in record else record["parsed"] == record["gold"]
+    return _derived(record, parser)[1]
+
+
+def _parsers(record: dict) -> tuple[str, ...]:
+    from .tasks import TASKS
+
+    task = TASKS.get(record.get("task"))
+    return task.parsers if task is not None else PARSERS[:2]
+
+
+def _derived(record: dict, parser: str) -> tuple[str | None, bool]:
+    from .items import Item
+    from .tasks import TASKS
+
+    task = TASKS.get(record.get("task"))
+    if task is None and parser == "paper":  # a record older than the task field: a multiple-choice one
+        found = paper_choice(record.get("raw_output", ""))
+        return found, found == record["gold"]
+    if task is None or parser not in task.parsers:
+        raise ValueError(f"parser {parser!r} does not read {record.get('task')!r} answers")
+    item = Item(record["idx"], record.get("id", ""), "", tuple(record.get("choices", ())), record["gold"])
+    return task.read(item, record.get("raw_output", ""))[parser]
+
+
+def score(records: list[dict], parser: str = "reader", parsers: tuple[str, ...] | None = None) -> dict:
+    """Accuracy, its binomial standard error, counts (per subject where records carry one, with the mean over
+    subjects as ``macro_accuracy``) under ``parser``, plus ``by_parser``: the same under each of ``parsers``
+    (default: the readings of the records' task)."""
+    if parsers is None:
+        parsers = _parsers(records[0]) if records else PARSERS[:2]
+    if parser not in parsers:
+        raise ValueError(f"parser must be one of {', '.join(parsers)}; got {parser!r}")
     by_subject = defaultdict(list)
     for r in records:
         if r.get("subject"):
             by_subject[r["subject"]].append(r)
+    by_parser = {}
+    n = len(records)
+    for name in parsers:
+        correct = sum(correct_of(r, name) for r in records)
+        acc = correct / n if n else math.nan
+        by_parser[name] = {"correct": correct, "accuracy": acc,
+                           "stderr": math.sqrt(acc * (1 - acc) / n) if n else math.nan,
+                           "unparsed": sum(parse_of(r, name) is None for r in records)}
+        if by_subject:
+            by_parser[name]["macro_accuracy"] = sum(sum(correct_of(r, name) for r in rs) / len(rs)
+                                                    for rs in by_subject.values()) / len(by_subject)
+    out = {"n": n, **by_parser[parser], "answer_parser": parser, "by_parser": by_parser}
     if by_subject:
         out["per_subject"] = {
-            s: {"n": len(rs), "accuracy": sum(parse_of(r, parser) == r["gold"] for r in rs) / len(rs)}
+            s: {"n": len(rs), "accuracy": sum(correct_of(r, parser) for r in rs) / len(rs)}
             for s, rs in sorted(by_subject.items())
         }
     return out

@@ -13,7 +13,6 @@ from ..loading import left_pad, pad_id_of, tokenize_prompts
 from ..model_dir import check_token_ids
 from ..reporting import machine
 from ..sampling import generate
-from .answers import paper_choice, parse_choice
 from .records import RecordStore, item_fingerprint, score
 from .tasks import Item, Task
 
@@ -47,7 +46,8 @@ def evaluate(
     done = {i: r for i, r in store.finished().items() if i in wanted}
     mine = [it for it in items if it.idx % world_size == rank and it.idx not in done]
     device = next(model.parameters()).device
-    tokens = dict(zip((it.idx for it in mine), tokenize_prompts(tokenizer, [it.prompt for it in mine], chat)))
+    prompts = [it.messages() if it.history else it.prompt for it in mine]
+    tokens = dict(zip((it.idx for it in mine), tokenize_prompts(tokenizer, prompts, chat)))
     _check_prompts(mine, tokens, model.config, settings["gen_length"])
     mine.sort(key=lambda it: len(tokens[it.idx]))
     pad_id = pad_id_of(tokenizer)
@@ -67,7 +67,8 @@ def evaluate(
                             block_length=settings["block_length"], temperature=settings["temperature"],
                             cfg_scale=settings["cfg_scale"], remasking=settings["remasking"], eot_token_id=eot,
                             generator=generator, cache=settings.get("cache", "none"),
-                            threshold=settings.get("threshold"), factor=settings.get("factor"), return_nfe=True)
+                            threshold=settings.get("threshold"), factor=settings.get("factor"), return_nfe=True,
+                            confidence_eos_eot_inf=bool(settings.get("confidence_eos_eot_inf")))
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         records = [{**_record(task, it, text), "nfe": int(n)} for it, text, n in zip(batch, answers, nfe.tolist())]
         store.append(records)
@@ -83,9 +84,10 @@ def evaluate(
     new = len(records) - len(done)
     summary = {
         "task": task.name,
-        "title": task.title,
+        "title": task.source(settings.get("protocol", "paper")).title or task.title,
         "config": store.dir.name,
-        **score(records, settings.get("answer_parser", "reader")),
+        "protocol": settings.get("protocol", "paper"),
+        **score(records, settings.get("answer_parser", task.parsers[0]), task.parsers),
         "settings": settings,
         "model": settings["model"],
         "dataset": settings["data"],
@@ -124,13 +126,17 @@ def _check_prompts(items: list[Item], tokens: dict, config, gen_length: int) -> 
 
 
 def _record(task: Task, item: Item, raw: str) -> dict:
-    """One item's record: ``parsed``/``correct`` are the reader's parse, ``parsed_paper``/``correct_paper`` the
-    paper's (first standalone A-E); ``item_fp`` ties the record to the item's content."""
-    parsed = parse_choice(raw, len(item.choices), list(item.choices))
-    paper = paper_choice(raw)
-    rec = {"idx": item.idx, "id": item.id, "task": task.name, "gold": item.gold, "parsed": parsed,
-           "correct": parsed == item.gold, "parsed_paper": paper, "correct_paper": paper == item.gold,
-           "raw_output": raw, "choices": list(item.choices), "item_fp": item_fingerprint(item)}
+    """One item's record: every reading of the answer (``task.parsers``): ``parsed``/``correct`` the first's
+    (multiple choice: the reader's), ``parsed_<parser>``/``correct_<parser>`` the others' (e.g. ``parsed_paper``,
+    the paper's first standalone A-E; ``parsed_opencompass``, what the official protocol scores); ``item_fp`` ties
+    the record to the item's content."""
+    reads = task.read(item, raw)
+    first = task.parsers[0]
+    rec = {"idx": item.idx, "id": item.id, "task": task.name, "gold": item.gold, "parsed": reads[first][0],
+           "correct": reads[first][1]}
+    for parser in task.parsers[1:]:
+        rec[f"parsed_{parser}"], rec[f"correct_{parser}"] = reads[parser]
+    rec.update({"raw_output": raw, "choices": list(item.choices), "item_fp": item_fingerprint(item)})
     if item.subject is not None:
         rec["subject"] = item.subject
     return rec

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from ..evaluation.tasks import TASKS
+from ..evaluation.tasks import PAPER_TASKS as TASKS
 from .problems import KINDS, make_problem
 from .schemas import to_row
 

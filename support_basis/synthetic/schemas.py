@@ -26,20 +26,27 @@ def _gpqa(p: Problem, idx: int) -> dict:
 
 
 def _hellaswag(p: Problem, idx: int) -> dict:
-    return {"ind": idx, "ctx": p.question, "endings": list(p.choices), "label": str(p.answer_index),
-            "subject": p.kind}
+    return {"ind": idx, "activity_label": p.kind, "ctx_a": p.question, "ctx_b": "", "ctx": p.question,
+            "endings": list(p.choices), "label": str(p.answer_index), "subject": p.kind}
 
 
 def _mmlu(p: Problem, idx: int) -> dict:
     return {"question": p.question, "choices": list(p.choices), "answer": p.answer_index, "subject": p.kind}
 
 
+def _gsm8k(p: Problem, idx: int) -> dict:
+    """GSM8K's schema: the question and a worked answer ending in ``#### N`` (every synthetic answer is a number)."""
+    return {"question": p.question, "answer": f"The answer is {p.answer}.\n#### {p.answer}", "subject": p.kind}
+
+
 SCHEMA_WRITERS = {"arc_challenge": _arc, "arc_easy": _arc, "gpqa": _gpqa, "hellaswag": _hellaswag, "mmlu": _mmlu}
+# the official protocol's files: other splits/subsets of the same schemas (see evaluation/tasks.py), and GSM8K
+OFFICIAL_FILES = {"arc_challenge_validation": _arc, "gpqa_diamond": _gpqa, "gsm8k": _gsm8k}
 
 
 def to_row(problem: Problem, task: str, idx: int = 0) -> dict:
     """``problem`` as a row of ``task``'s hub schema."""
     try:
-        return SCHEMA_WRITERS[task](problem, idx)
+        return {**SCHEMA_WRITERS, **OFFICIAL_FILES}[task](problem, idx)
     except KeyError:
         raise ValueError(f"unknown task {task!r}; the tasks are: {', '.join(SCHEMA_WRITERS)}") from None
