@@ -75,7 +75,7 @@ while [ $# -gt 0 ]; do
         --kernel) KERNEL=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SHARED_REFERENCE
 from support_basis.errors import UserError
 from support_basis.evaluation import cli
 from support_basis.evaluation.data import load_items
@@ -27,10 +27,13 @@ BOT, EOT = "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"
 
 @pytest.fixture(scope="module")
 def llada_template():
-    """The chat template of LLaDA-8B-Instruct's tokenizer_config.json (shared/reference), as a renderer."""
+    """The chat template of LLaDA-8B-Instruct's tokenizer_config.json (../shared/reference; where that is absent,
+    the shipped tiny LLaDA's, which carries the same template), as a renderer."""
     import jinja2
 
-    path = REPO.parent / "shared" / "reference" / "llada-8b-instruct" / "tokenizer_config.json"
+    path = SHARED_REFERENCE / "tokenizer_config.json"
+    if not path.is_file():
+        path = REPO / "checkpoints" / "llada-tiny" / "tokenizer_config.json"
     template = jinja2.Environment().from_string(json.loads(path.read_text())["chat_template"])
     return lambda item: template.render(messages=item.messages(), bos_token=BOS, add_generation_prompt=True)
 
