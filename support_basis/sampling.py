@@ -150,6 +150,8 @@ def generate(
                          f"cache_position (LLaDA-BS); {type(model).__name__} does not: use cache='none'")
     adaptive = threshold is not None or factor is not None
     nfe = torch.zeros(b, dtype=torch.long, device=device)
+    specials = [t for t in (eos_token_id, eot_token_id) if t is not None] if confidence_eos_eot_inf else []
+    special_ids = torch.tensor(specials, dtype=torch.long, device=device)  # once, not per step
     step = 0
     for block, block_steps in enumerate(steps_per_block(steps, gen_length // block_length)):
         start, end = p + block * block_length, p + (block + 1) * block_length
@@ -177,9 +179,8 @@ def generate(
             else:
                 confidence = torch.rand(x0.shape, dtype=torch.float64, device=device, generator=generator)
             rank = confidence
-            specials = [t for t in (eos_token_id, eot_token_id) if t is not None] if confidence_eos_eot_inf else []
             if specials:
-                special = torch.isin(x0, torch.tensor(specials, device=device))
+                special = torch.isin(x0, special_ids)
                 if remasking == "low_confidence":
                     # as LLaDA's sampler: another token's confidence is its probability with EOS/EoT taken out of
                     # the distribution (renormalised; still <= 1), so positions that weighed ending rank higher

@@ -82,6 +82,11 @@ def arc_options(row: dict, idx) -> tuple[list[str], list, str]:
     return options, labels, row["answerKey"]
 
 
+def lettered(options) -> str:
+    """``A. first\nB. second ...``: options under their letters, one per line."""
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
 def per_row(make_item):
     """A whole-data builder from a one-row builder ``make_item(idx, row) -> Item`` (row errors name the row)."""
     def build(rows: list[dict], shots=None) -> list[Item]:

@@ -32,12 +32,8 @@ import random
 
 from .answers import LETTERS
 from .gsm8k import gold_number
-from .items import Item, RowError, arc_options, gold_index, per_row, text, texts
+from .items import Item, RowError, arc_options, gold_index, lettered, per_row, text, texts
 from .opencompass import hellaswag_text
-
-
-def _lettered(options) -> str:
-    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
 
 
 # ---- MMLU -------------------------------------------------------------------------------------------------------
@@ -79,9 +75,9 @@ def build_mmlu(rows: list[dict], shots: list[dict]) -> list[Item]:
                 raise ValueError("the question is one of its own few-shot examples: the few-shot file must be the "
                                  "dev split, not the test split")
             hint = _mmlu_hint(subject)
-            history = tuple((f"{hint}\nQuestion: {q}\n{_lettered(o)}\nAnswer: ", f"{LETTERS[g]}\n")
+            history = tuple((f"{hint}\nQuestion: {q}\n{lettered(o)}\nAnswer: ", f"{LETTERS[g]}\n")
                             for q, o, g in examples)
-            prompt = f"{hint}\nQ: {question}\n{_lettered(options)}\nA: "
+            prompt = f"{hint}\nQ: {question}\n{lettered(options)}\nA: "
         except (KeyError, TypeError, ValueError) as err:
             raise RowError(idx, str(err)) from None
         items.append(Item(idx, f"{subject}/{idx}", prompt, tuple(options), LETTERS[gold], subject, history))
@@ -99,7 +95,7 @@ def _hellaswag(idx: int, row: dict) -> Item:
     gold = gold_index(row["label"], 4, f"HellaSwag item {row.get('ind', idx)}", "label")
     query = hellaswag_text(f"{label}: {ctx_a} {ctx_b.capitalize()}")
     ctx = query.split(": ", 1)[-1]
-    prompt = (f"{ctx}\nQuestion: Which ending makes the most sense?\n{_lettered(endings)}\n"
+    prompt = (f"{ctx}\nQuestion: Which ending makes the most sense?\n{lettered(endings)}\n"
               "You may choose from 'A', 'B', 'C', 'D'.\nAnswer:")
     return Item(idx, str(row.get("ind", idx)), prompt, tuple(endings), LETTERS[gold], row.get("subject"))
 
@@ -120,7 +116,7 @@ def build_arc(rows: list[dict], shots=None) -> list[Item]:
             raise RowError(idx, str(err)) from None
         if len(options) != 4:
             continue
-        prompt = f"Question: {row['question']}\n{_lettered(options)}\nAnswer:"
+        prompt = f"Question: {row['question']}\n{lettered(options)}\nAnswer:"
         n = len(items)
         items.append(Item(n, str(row.get("id", idx)), prompt, tuple(options), LETTERS[labels.index(key)],
                           row.get("subject")))
@@ -147,7 +143,7 @@ def build_gpqa(rows: list[dict], shots=None) -> list[Item]:
             raise RowError(idx, str(err)) from None
         correct = answers[0]
         rng.shuffle(answers)
-        prompt = (f"{GPQA_SHOTS}\nQuestion:\n{question}\nChoices:\n{_lettered(answers)}\nWhen you're ready to "
+        prompt = (f"{GPQA_SHOTS}\nQuestion:\n{question}\nChoices:\n{lettered(answers)}\nWhen you're ready to "
                   "answer, please use the format 'The correct answer is (X)' where X is the correct letter choice "
                   "from 'ABCD'.")
         key = str(row.get("Record ID") or idx)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import gsm8k, official
 from .answers import LETTERS, paper_choice, parse_choice
-from .items import Item, arc_options, gold_index, per_row, text, texts
+from .items import Item, arc_options, gold_index, lettered, per_row, text, texts
 from .opencompass import first_option, gpqa_choice
 
 
@@ -58,19 +58,6 @@ class Task:
     make_item: Callable[[int, dict], Item] | None = None  # the paper's prompt of one row (None: no paper protocol)
     gated: bool = False
 
-    # the paper protocol's source, as before protocols existed (hub config, split, fields)
-    @property
-    def hub_config(self) -> str | None:
-        return next(iter(self.protocols.values())).hub_config
-
-    @property
-    def split(self) -> str:
-        return next(iter(self.protocols.values())).split
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return next(iter(self.protocols.values())).fields
-
     def source(self, protocol: str) -> Source:
         """The data and builder of ``protocol``; ``ValueError`` saying which protocols the task has."""
         if protocol not in self.protocols:
@@ -85,16 +72,12 @@ class Task:
         return self.protocols[protocol]
 
 
-def _choice_lines(choices) -> str:
-    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(choices))
-
-
 def _arc_item(idx: int, row: dict) -> Item:
     options, labels, key = arc_options(row, idx)
     prompt = (
         "\nYou're given a science question with multiple choices. Read the question carefully and choose the best "
         "answer. Respond with only the letter of the correct choice.\n\n"
-        f"Question: {row['question']}\n\nChoices:\n{_choice_lines(options)}\n\nAnswer:"
+        f"Question: {row['question']}\n\nChoices:\n{lettered(options)}\n\nAnswer:"
     )
     return Item(idx, str(row.get("id", idx)), prompt, tuple(options), LETTERS[labels.index(key)], row.get("subject"))
 
@@ -112,7 +95,7 @@ def _gpqa_item(idx: int, row: dict, seed: int = 0) -> Item:
     prompt = (
         "\nYou're given a graduate-level science question with multiple choices. Read the question carefully and "
         "choose the best answer. Respond with only the letter of the correct choice.\n\n"
-        f"Question: {row['Question'].strip()}\n\nChoices:\n{_choice_lines(answers)}\n\nAnswer:"
+        f"Question: {row['Question'].strip()}\n\nChoices:\n{lettered(answers)}\n\nAnswer:"
     )
     return Item(idx, key, prompt, tuple(answers), LETTERS[answers.index(correct)], row.get("High-level domain"))
 
@@ -124,7 +107,7 @@ def _hellaswag_item(idx: int, row: dict) -> Item:
         raise ValueError(f"HellaSwag item {row.get('ind', idx)} needs 4 endings and a label (the test split has none)")
     prompt = (
         "\nYou're given a context followed by four possible endings. Choose the best option to complete the "
-        f"sentence.\n\nContext: {row['ctx']}\n\nOptions:\n{_choice_lines(endings)}\n\n"
+        f"sentence.\n\nContext: {row['ctx']}\n\nOptions:\n{lettered(endings)}\n\n"
         "Answer with the letter (A, B, C, or D) that best completes the context.\nAnswer:"
     )
     gold = gold_index(row["label"], len(endings), f"HellaSwag item {row.get('ind', idx)}", "label")
@@ -138,7 +121,7 @@ def _mmlu_item(idx: int, row: dict) -> Item:
         raise ValueError(f"subject is {row.get('subject')!r}: it must be text (e.g. 'abstract_algebra')")
     prompt = (
         "\nAnswer the following multiple-choice question:.\n\n"
-        f"Questions: {row['question']}\n\nOptions:\n{_choice_lines(choices)}\n\n"
+        f"Questions: {row['question']}\n\nOptions:\n{lettered(choices)}\n\n"
         "Answer with the letter (A, B, C, or D) that best answers the question.\nAnswer:"
     )
     subject = row.get("subject")
