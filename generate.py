@@ -37,10 +37,11 @@ from support_basis.loading import (  # noqa: F401  (re-exported: the names gener
     encode_prompts,
     left_pad,
     load_model_and_tokenizer,
+    load_tokenizer,
     pad_id_of,
     tokenize_prompts,
 )
-from support_basis.model_dir import check_token_ids
+from support_basis.model_dir import check_token_ids, load_config
 from support_basis.sampling import (  # noqa: F401  (re-exported)
     CACHE_MODES,
     MAX_CFG_SCALE,
@@ -124,19 +125,21 @@ def main(argv=None):
         print(f"# no --model given: using {DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])}, the tiny LLaDA "
               "this project trains on synthetic tasks (scripts/train_llada.py)", file=sys.stderr)
 
-    model, tokenizer = load_model_and_tokenizer(a.model, a.dtype, a.device, hybrid_exact_ratio=a.exact_ratio,
-                                                hybrid_chebyshev_degree=a.chebyshev_degree,
-                                                hybrid_exact_split=a.exact_split, hybrid_fit=a.fit,
-                                                hybrid_kernel=a.kernel)
-    mask_id = model.config.mask_token_id
+    # the prompts are checked against the tokenizer and config before the weights load (a minute for the 8B)
+    overrides = dict(hybrid_exact_ratio=a.exact_ratio, hybrid_chebyshev_degree=a.chebyshev_degree,
+                     hybrid_exact_split=a.exact_split, hybrid_fit=a.fit, hybrid_kernel=a.kernel)
+    tokenizer = load_tokenizer(a.model, "--model")
+    config = load_config(a.model, "--model", **overrides)
+    mask_id = config.mask_token_id
     if tokenizer.pad_token_id == mask_id:
         p.error(f"the tokenizer pads with the mask token ({mask_id}); set another pad token")
     chat = not a.no_chat and bool(getattr(tokenizer, "chat_template", None))
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
+    encoded = _checked_prompts(tokenizer, texts, chat, config, a.gen_length)  # all of them, before any output
+    model, tokenizer = load_model_and_tokenizer(a.model, a.dtype, a.device, tokenizer=tokenizer, **overrides)
     if not a.no_chat and not chat:
         print(f"# {a.model}: the tokenizer has no chat template, so the prompts go in as raw text (--no-chat says "
               "so and silences this)", file=sys.stderr)
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    encoded = _checked_prompts(tokenizer, texts, chat, model.config, a.gen_length)  # all of them, before any output
     generator = torch.Generator(device=model_device(model)).manual_seed(a.seed)
     torch.manual_seed(a.seed)
     if asked_steps > a.steps:  # said once everything is checked: an error stays the only line on stderr

@@ -5,7 +5,8 @@
 #   bash run_all.sh --smoke                                         # shipped tiny LLaDA + synthetic data, CPU
 #   bash run_all.sh --protocol official --dtype bfloat16 --no-hybrid   # reproduce the published exact figures
 #
-# Options (each overrides a default; environment variables of the same name in capitals work too):
+# Options (each overrides a default; environment variables of the same name in capitals work too; lists take
+# spaces or commas):
 #   --model DIR        LLaDA-BS model directory or hub id     (MODEL, default models/LLaDA-8B-Instruct-BS)
 #   --protocol P       paper (the support-basis paper's runners) | official (LLaDA-8B-Instruct's published
 #                      OpenCompass runs)                                          (PROTOCOL, default paper)
@@ -75,23 +76,28 @@ while [ $# -gt 0 ]; do
         --kernel) KERNEL=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 
 # checked before anything runs (the smoke model included)
+# a list takes spaces or commas; a name given twice runs once
+words() { local w seen=" "; local -a ws; IFS=$', \t' read -ra ws <<< "$1"; for w in "${ws[@]}"; do [[ "$seen" == *" $w "* ]] || seen+="$w "; done; echo $seen; }
 case "$PROTOCOL" in
     paper) TASKS=${TASKS:-"arc_challenge arc_easy gpqa hellaswag mmlu"} ;;
     official) TASKS=${TASKS:-"arc_challenge gpqa hellaswag mmlu gsm8k"} ;;
     *) die "--protocol must be paper or official; got '$PROTOCOL'" ;;
 esac
+TASKS=$(words "$TASKS"); RATIOS=$(words "$RATIOS"); DEGREES=$(words "$DEGREES")
 for task in $TASKS; do
     [ -f "scripts/run_$task.py" ] || die "unknown task '$task' (tasks: arc_challenge arc_easy gpqa hellaswag mmlu gsm8k)"
     [ "$PROTOCOL/$task" != "paper/gsm8k" ] || die "gsm8k has no paper protocol (its worked solutions need the official 512-token answers); run it with --protocol official"
     [ "$PROTOCOL/$task" != "official/arc_easy" ] || die "arc_easy has no official setting (LLaDA published no ARC-E figure for the Instruct model); drop it from --tasks or use --protocol paper"
 done
-[ -n "${TASKS// /}" ] || die "--tasks is empty; name at least one of arc_challenge arc_easy gpqa hellaswag mmlu gsm8k"
+[ -n "$TASKS" ] || die "--tasks is empty; name at least one of arc_challenge arc_easy gpqa hellaswag mmlu gsm8k"
+for r in $RATIOS; do [[ "$r" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || die "--ratios: '$r' is not a number (exact ratios in [0, 1], e.g. \"0.1 0.2\")"; done
+for d in $DEGREES; do [[ "$d" =~ ^[0-9]+$ ]] || die "--degrees: '$d' is not a whole number (Chebyshev degrees, e.g. \"4 6\")"; done
 [ -z "$LIMIT" ] || [[ "$LIMIT" =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive integer; got '$LIMIT'"
 [[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "--batch-size must be a positive integer; got '$BATCH_SIZE'"
 
@@ -104,35 +110,40 @@ if [ "$SMOKE" = 1 ]; then
     # Everything offline on CPU: the shipped tiny LLaDA trained on synthetic tasks (checkpoints/llada-tiny) and
     # held-out synthetic questions in each task's schema (scripts/make_synthetic_data.py; kinds interleaved, so
     # --limit keeps every kind). Its accuracies are real: the table of README's "trained tiny LLaDA" comes from here.
-    # A --model, --out or --data-dir the user gave is kept.
+    # A --model, --out or --data-dir the user gave is kept. Both are made below, once every flag is checked.
     [[ "$GIVEN" == *" out "* ]] || OUT=${OUT/#results/results-smoke}
     [[ "$GIVEN" == *" model "* ]] || MODEL=checkpoints/llada-tiny
+    # the official prompts (GPQA's five examples, GSM8K's four worked solutions) are ~1.5k tokens: more than the
+    # trained tiny model's 512-token window. A tiny random model with a 4096-token window runs them instead (its
+    # answers are noise: this checks the pipeline), with 32-token answers to stay quick on a CPU.
+    SMOKE_MODEL=""
     if [ "$PROTOCOL" = official ]; then
-        # the official prompts (GPQA's five examples, GSM8K's four worked solutions) are ~1.5k tokens: more than
-        # the trained tiny model's 512-token window. A tiny random model with a 4096-token window runs them
-        # instead (its answers are noise: this checks the pipeline), with 32-token answers to stay quick on a CPU.
-        if [[ "$GIVEN" != *" model "* ]]; then
-            MODEL="$OUT/tiny-random-4k"
-            [ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py "$MODEL" --max-sequence-length 4096 >/dev/null
-        fi
+        [[ "$GIVEN" == *" model "* ]] || { MODEL="$OUT/tiny-random-4k"; SMOKE_MODEL=$MODEL; }
         [[ " ${EXTRA[*]} " == *" --gen_length "* ]] || EXTRA+=(--gen_length 32)
     fi
     LIMIT=${LIMIT:-20}
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-    if [[ "$GIVEN" != *" data "* ]]; then
-        DATA_DIR="$OUT/synthetic-heldout"
-        [ -f "$DATA_DIR/gsm8k.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
-    fi
+    [[ "$GIVEN" == *" data "* ]] || DATA_DIR="$OUT/synthetic-heldout"
 fi
 
 common=(--model_name "$MODEL" --protocol "$PROTOCOL" --out_dir "$OUT" --batch_size "$BATCH_SIZE" --dtype "$DTYPE"
         --no_progress)
 [ -n "$LIMIT" ] && common+=(--limit "$LIMIT")
 [ -n "$DATA_DIR" ] && common+=(--data_path "$DATA_DIR")
-common+=(--cache "$CACHE")  # the runners check these three (and name the flag) before loading the model
+common+=(--cache "$CACHE")
 [ -n "$THRESHOLD" ] && common+=(--threshold "$THRESHOLD")
 [ -n "$FACTOR" ] && common+=(--factor "$FACTOR")
 [ -n "$KERNEL" ] && common+=(--kernel "$KERNEL")
+
+# every runner checks its flags (and those after --) before anything is written, about 2 s each
+for task in $TASKS; do
+    "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}" --check_flags
+done
+if [ "$SMOKE" = 1 ]; then
+    [ -z "$SMOKE_MODEL" ] || [ -f "$SMOKE_MODEL/config.json" ] || \
+        "$PYTHON" scripts/make_tiny_model.py "$SMOKE_MODEL" --max-sequence-length 4096 >/dev/null
+    [[ "$GIVEN" == *" data "* ]] || [ -f "$DATA_DIR/gsm8k.jsonl" ] || "$PYTHON" scripts/make_synthetic_data.py --out "$DATA_DIR"
+fi
 
 for task in $TASKS; do  # one process per task: the model is loaded once for all its configurations
     "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}"

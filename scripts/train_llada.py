@@ -218,9 +218,7 @@ def _run(p: ArgumentParser, a) -> int:
             p.error(f"--resume: --{k.replace('_', '-')} was {old!r} in the run being resumed, now {new!r}; "
                     "resume with the same settings or start a new --out")
 
-    try:
-        model = AutoModel.from_pretrained(a.model, trust_remote_code=True,
-                                          dtype=torch.bfloat16 if a.precision == "bf16" else torch.float32)
+    try:  # the tokenizer and the data first: a bad data file is refused before the weights load
         tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=True)
     except (OSError, ValueError) as err:
         p.error(f"--model {a.model}: cannot be loaded ({str(err).splitlines()[0]})")
@@ -234,6 +232,11 @@ def _run(p: ArgumentParser, a) -> int:
             source = JsonlSource(a.data, encoder, a.seed, a.min_response)
     except DataError as err:
         p.error(str(err))
+    try:
+        model = AutoModel.from_pretrained(a.model, trust_remote_code=True,
+                                          dtype=torch.bfloat16 if a.precision == "bf16" else torch.float32)
+    except (OSError, ValueError) as err:
+        p.error(f"--model {a.model}: cannot be loaded ({str(err).splitlines()[0]})")
 
     ratio = model.config.hybrid_exact_ratio
     model.config.hybrid_exact_ratio = 1.0  # train with exact attention; the export keeps the configured knobs

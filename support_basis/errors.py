@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 EXIT_USAGE = 2
+EXIT_PIPE = 128 + 13  # SIGPIPE
 
 
 class UserError(Exception):
@@ -61,6 +62,11 @@ def cli(main: Callable | None = None, *, prog: str | None = None):
         except UserError as err:
             fail(str(err), prog)
         except OSError as err:
+            if err.errno == errno.EPIPE and err.filename is None:
+                _stdout_broken()  # points stdout at /dev/null, so the flush at exit stays quiet
+                # whoever read the output has gone (`| head`): stop quietly with the status of a process that
+                # SIGPIPE ended, as Unix tools do; what was finished is kept (records are written as they finish)
+                raise SystemExit(EXIT_PIPE) from None
             if err.filename is None and _stdout_broken():
                 err.filename = "the standard output"
             message = disk_message(err)

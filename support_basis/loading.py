@@ -17,13 +17,26 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "llada-tin
 """The embedded default model: the tiny LLaDA trained on this project's synthetic tasks, shipped in the repository."""
 
 
+def load_tokenizer(name: str, flag: str = "--model"):
+    """The tokenizer of a LLaDA-BS model directory (or hub id), after checking the directory's files: seconds, so
+    a command line can check its prompts against it before the weights load."""
+    from transformers import AutoTokenizer
+
+    check_model_dir(name, flag)
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+    except OSError as err:
+        raise UserError(f"{flag} {name}: cannot load its tokenizer ({err})") from None
+
+
 def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto", flag: str = "--model",
-                             **config_overrides):
-    """Load a LLaDA-BS model directory (or hub id) with its tokenizer, after checking the directory's files
-    (:func:`support_basis.model_dir.check_model_dir`) and the device; ``config_overrides`` (e.g.
-    ``hybrid_exact_ratio=0.2``; ``None`` values are skipped) are set on the config before the weights load.
-    Every expected failure is a :class:`support_basis.errors.UserError` naming the input and the fix."""
-    from transformers import AutoModel, AutoTokenizer
+                             tokenizer=None, **config_overrides):
+    """Load a LLaDA-BS model directory (or hub id) with its tokenizer (``tokenizer``, if given, is used as it is),
+    after checking the directory's files (:func:`support_basis.model_dir.check_model_dir`) and the device;
+    ``config_overrides`` (e.g. ``hybrid_exact_ratio=0.2``; ``None`` values are skipped) are set on the config
+    before the weights load. Every expected failure is a :class:`support_basis.errors.UserError` naming the input
+    and the fix."""
+    from transformers import AutoModel
 
     check_model_dir(name, flag)
     device = check_device(device)
@@ -32,10 +45,9 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
                    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
         model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
     except OSError as err:
         raise UserError(f"{flag} {name}: cannot load it ({err})") from None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer if tokenizer is not None else load_tokenizer(name, flag)
 
 
 def tokenize_prompts(tokenizer, prompts: list, chat: bool) -> list[list[int]]:

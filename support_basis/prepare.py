@@ -44,6 +44,9 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
     if path.exists():
         if not path.is_dir():
             raise PrepareError(f"--source {source} is a file; pass the directory of the checkpoint")
+        if revision is not None:  # a local directory has one version: the revision would be silently ignored
+            raise PrepareError(f"--revision {revision}: --source {source} is a local directory, not a hub id; "
+                               "check out that revision there (or pass the hub id), and drop --revision")
         return path
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise PrepareError(

@@ -116,6 +116,8 @@ def generate(
         raise ValueError("mask_id is not given and the model config has no mask_token_id")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length); got shape {tuple(input_ids.shape)}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids (torch.long); got dtype {input_ids.dtype}")
     check_schedule(steps, gen_length, block_length, remasking, temperature, cfg_scale, cache, threshold, factor)
     b, p = input_ids.shape
     if p == 0:
@@ -128,6 +130,11 @@ def generate(
         )
     device = model_device(model)
     input_ids = input_ids.to(device)
+    vocab = _vocabulary_size(model)
+    outside = (input_ids < 0) | (input_ids >= vocab) if vocab else None
+    if outside is not None and outside.any():  # once per call: on a GPU an id outside is a device-side assert
+        raise ValueError(f"input_ids hold token id {int(input_ids[outside][0])} outside the model's vocabulary "
+                         f"[0, {vocab}): encode prompts with this model's tokenizer")
     if attention_mask is not None:
         attention_mask = attention_mask.to(device).bool()
         if attention_mask.shape != input_ids.shape:
@@ -272,6 +279,13 @@ def check_fast_sampling(cache="none", threshold=None, factor=None, remasking="lo
     if (threshold is not None or factor is not None) and remasking != "low_confidence":
         raise ValueError(f"{name['threshold'] if threshold is not None else name['factor']} reveals by confidence: "
                          f"it needs {name['remasking']} low_confidence; got {remasking!r}")
+
+
+def _vocabulary_size(model) -> int | None:
+    """Rows of the input embedding (LLaDA's ``embedding_size`` may exceed ``vocab_size``); ``None`` if unknown."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return rows if rows is not None else getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def model_device(model) -> torch.device:

@@ -270,6 +270,8 @@ CASES = [
     case("prep-source-missing", "prepare_model", prep(source=lambda c: c.tiny.parent / "nowhere"),
          "no such directory"),
     case("prep-source-file", "prepare_model", prep(source=lambda c: c.tiny / "config.json"), "is a file"),
+    case("prep-revision-local", "prepare_model", prep("--revision", "main"), "--revision main",
+         "is a local directory, not a hub id"),
     case("prep-truncated-shard", "prepare_model", prep(source=lambda c: c.src["truncated_shard"]),
          "model-00002-of-00002.safetensors is truncated"),
     case("prep-shards-vs-index", "prepare_model", prep(source=lambda c: c.src["mixed_shards"]),
@@ -479,6 +481,12 @@ RUN_ALL = [
     (["--batch-size", "x"], "--batch-size must be a positive integer"),
     (["--tasks", "squad"], "unknown task 'squad'"),
     (["--tasks", " "], "--tasks is empty"),
+    (["--tasks", "arc_easy,squad"], "unknown task 'squad'"),
+    (["--ratios", "0.2,abc"], "--ratios: 'abc' is not a number"),
+    (["--degrees", "4 4.5"], "--degrees: '4.5' is not a whole number"),
+    # a runner's flag is checked by every runner before --smoke writes its model and data: nothing is left
+    (["--smoke", "--dtype", "bogus"], "argument --dtype: invalid choice: 'bogus'"),
+    (["--smoke", "--tasks", "mmlu", "--", "--answer_parser", "strict"], "--answer_parser strict"),
     (["--no-exact", "--ratios", ""], "no configuration to run"),
     (["--bogus"], "unknown option --bogus"),
     # --smoke keeps a --model (and --data-dir) the user gave: the runner refuses this one, nothing is written

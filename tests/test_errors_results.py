@@ -63,6 +63,25 @@ def test_a_changed_data_file_is_refused_not_reused(tiny_model_dir, tmp_path, cap
     assert (tmp_path / "out" / RUN / "records.jsonl").read_text() == before
 
 
+def test_records_of_items_the_data_no_longer_has_are_refused(tiny_model_dir, tmp_path, capsys):
+    """A full run, then the data file loses its last two items: the run's records of them were counted nowhere
+    and silently kept; now the run is refused, naming the first such item. With a --limit inside the data the
+    records past it are a longer run's, and stay."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (FIXTURES / "arc_easy.jsonl").read_text().splitlines()]
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(tiny_model_dir, tmp_path / "out", data=data)
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-2]))
+    [summary] = run(tiny_model_dir, tmp_path / "out", "--limit", "2", data=data)
+    assert summary["n"] == 2
+    for limit in ([], ["--limit", str(len(rows))]):  # the whole (shortened) data: no limit, or one past its end
+        with pytest.raises(SystemExit) as e:
+            run(tiny_model_dir, tmp_path / "out", *limit, data=data)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"item {len(rows) - 2}; the data has {len(rows) - 2}" in err, err
+
+
 def test_limit_changed_on_resume_keeps_n_and_limit_together(tiny_model_dir, tmp_path):
     run(tiny_model_dir, tmp_path, "--limit", "3")
     [summary] = run(tiny_model_dir, tmp_path, "--limit", "2")
@@ -207,6 +226,32 @@ def test_generate_into_a_full_device_is_one_line(tiny_model_dir):
     errors = [line for line in res.stderr.splitlines() if ": error: " in line]
     assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "cannot write its output" in errors[0] and "no space left on the device" in errors[0], errors[0]
+
+
+PRINTS_LINES = """
+from support_basis.errors import cli
+
+@cli
+def main():
+    for i in range(1_000_000):
+        print("line", i)
+
+main()
+"""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`generate.py ... | head -1`: the reader closes the pipe; the command stops with SIGPIPE's status (141), as
+    Unix tools do, with nothing on stderr (it was a BrokenPipeError traceback)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", PRINTS_LINES], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
 
 
 def test_make_tiny_model_writes_its_directory_whole_or_not_at_all(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ from support_basis.evaluation.answers import parse_choice
 from support_basis.evaluation.data import DataError, load_items
 from support_basis.evaluation.records import score
 from support_basis.evaluation.report import write_report
-from support_basis.evaluation.tasks import PAPER_TASKS, TASKS, get_task
+from support_basis.evaluation.tasks import PAPER_TASKS, get_task
 
 FIXTURES = REPO / "tests" / "fixtures" / "data"
 CHOICES = ["London", "Berlin", "Paris", "Rome", "Oslo"]
@@ -69,6 +69,22 @@ def test_gpqa_shuffle_is_fixed_per_question_and_keeps_the_key():
     for it, row in zip(a, rows):
         assert it.choices["ABCD".index(it.gold)] == row["Correct Answer"]
     assert len({it.gold for it in a}) > 1  # the correct answer is not always in the same place
+
+
+@pytest.mark.parametrize("task_name", ["arc_easy", "mmlu", "hellaswag", "gpqa"])
+def test_a_parquet_file_gives_the_items_of_its_jsonl(task_name, tmp_path):
+    """The hub's own format (nested lists and structs) read locally gives the same items; a corrupt file is one
+    DataError naming it (it went through datasets' loader, which logged a line before the error)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (FIXTURES / f"{task_name}.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"{task_name}.parquet")
+    task = get_task(task_name)
+    assert load_items(task, str(tmp_path)) == load_items(task, str(FIXTURES))
+    (tmp_path / f"{task_name}.parquet").write_bytes(b"PAR1 not a parquet file")
+    with pytest.raises(DataError, match=f"could not read {tmp_path / task_name}.parquet"):
+        load_items(task, str(tmp_path))
 
 
 def test_data_errors_say_what_to_do(tmp_path, monkeypatch):
@@ -220,8 +236,10 @@ def test_run_all_smoke_pipeline(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, PYTHON=sys.executable)
     res = subprocess.run(["bash", str(REPO / "run_all.sh"), "--smoke", "--out", str(out), "--tasks",
-                          "arc_easy gpqa", "--limit", "2"], capture_output=True, text=True, env=env, timeout=600)
+                          "arc_easy,gpqa arc_easy", "--ratios", "0.2,0.2", "--limit", "2"],  # commas; twice = once
+                         capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("ARC-Easy [ratio0.2_deg4]") == 1, res.stdout
     for f in ("summary.md", "summary.csv", "accuracy.png"):
         assert (out / f).is_file()
     table = (out / "summary.md").read_text()
@@ -229,3 +247,24 @@ def test_run_all_smoke_pipeline(tmp_path):
     bad = subprocess.run(["bash", str(REPO / "run_all.sh"), "--smoke", "--out", str(out), "--tasks", "squad"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "unknown task 'squad'" in bad.stderr
+
+
+@pytest.mark.parametrize("configs,expect", [
+    (["0.2:4", "0.20:4", "0.2:6"], [(0.2, 4), (0.2, 6)]),  # the same configuration written twice runs once
+    (["exact", "1:4", "1.0:6"], [(1.0, 6)]),  # exact attention has no degree
+    (["1.5:4", "exact"], [(1.5, 4), (1.0, 6)]),  # out of range stays as given: its validator names it
+])
+def test_configs_listed_twice_run_once(configs, expect):
+    a = cli.build_parser("arc_easy").parse_args(["--model_name", "m", "--configs", *configs])
+    assert cli.parse_configs(a) == expect
+
+
+def test_check_flags_checks_and_writes_nothing(tmp_path, capsys):
+    """--check_flags (run_all.sh's first pass): a bad combination is one line; a good one returns at once, with no
+    model (the path need not exist), no data and no output directory."""
+    base = ["--model_name", str(tmp_path / "no-model-yet"), "--out_dir", str(tmp_path / "out"), "--check_flags"]
+    assert cli.main("arc_easy", base) == []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main("arc_easy", [*base, "--gen_length", "30", "--block_length", "8"])
+    assert exit_info.value.code == 2 and "--gen_length (30) must be a multiple" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

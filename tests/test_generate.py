@@ -220,6 +220,13 @@ def test_bad_inputs_are_explained(tiny_model):
         generate(tiny_model, ids, torch.tensor([[0, 1, 1]]), steps=2, gen_length=4, block_length=4)
     with pytest.raises(ValueError, match="is empty"):
         generate(tiny_model, ids, torch.tensor([[0, 0, 0]]), steps=2, gen_length=4, block_length=4)
+    rows = tiny_model.get_input_embeddings().num_embeddings
+    for bad, match in [(torch.tensor([[5, rows]]), f"token id {rows} outside the model's vocabulary \\[0, {rows}\\)"),
+                       (torch.tensor([[-1, 5]]), "token id -1 outside"),  # was an IndexError (a GPU assert)
+                       (torch.tensor([[5.0, 6.0]]), "integer token ids"),  # was embedding's RuntimeError
+                       (torch.tensor([[True, False]]), "integer token ids")]:
+        with pytest.raises(ValueError, match=match):
+            generate(tiny_model, bad, steps=2, gen_length=4, block_length=4)
 
 
 def run_cli(capsys, *args):
@@ -258,6 +265,19 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--model", str(tiny_model_dir), "--prompt", "x", "--steps", "1",
                            "--gen-length", "8", "--block-length", "4")
     assert code == 2 and "number of blocks" in err
+
+
+def test_cli_checks_the_prompts_before_the_weights_load(tiny_model_dir, capsys, monkeypatch):
+    """A prompt too long for the window is refused from the tokenizer and config alone (a minute sooner on the 8B)."""
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the prompts were checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+    code, out, err = run_cli(capsys, "--model", str(tiny_model_dir), "--prompt", "apple " * 2000,
+                             "--gen-length", "8", "--block-length", "8", "--steps", "8")
+    assert code == 2 and out == "" and "exceeds the model's max_sequence_length" in err
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,6 +289,70 @@ def test_model_arguments_win_over_the_harness_flags(lm_mod, tiny_model_dir):
     assert lm.batch_size == 5 and lm.device.type == "cpu"
     assert lm.model.config.hybrid_exact_ratio == 1.0 and lm.model.config.hybrid_chebyshev_degree == 3
     assert (lm.rank, lm.world_size) == (0, 1)
+
+
+@pytest.fixture
+def local_tasks_only(lm_mod, monkeypatch):
+    """lm-eval's task index limited to the --include_path folder (its ~14k built-in task files cost seconds)."""
+    import lm_eval.tasks
+
+    class LocalTasksOnly(lm_eval.tasks.TaskManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "include_defaults": False})
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", LocalTasksOnly)
+
+
+def _cli(argv, capsys, tmp_path):
+    from support_basis.lm_eval_cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err, err
+    assert err[-1].startswith(Path(sys.argv[0]).name + ": error: "), err
+    assert not (tmp_path / "out").exists()  # nothing written
+    return err[-1]
+
+
+def test_an_unknown_task_is_one_line(local_tasks_only, model_args, capsys, tmp_path):
+    """lm-eval's "Tasks not found" traceback becomes one line naming the task and how to list the names."""
+    argv = ["--model", "llada_bs", "--model_args", f"pretrained={model_args['pretrained']},mc_num=2",
+            "--tasks", "tiny_mc,no_such_task", "--include_path", str(FIXTURES), "--device", "cpu",
+            "--output_path", str(tmp_path / "out")]
+    line = _cli(argv, capsys, tmp_path)
+    assert "--tasks: lm-eval has no task named no_such_task;" in line and "ls tasks" in line
+    argv[argv.index("--tasks") + 1] = ""  # lm-eval reads "" as this folder, which holds no task YAML
+    line = _cli(argv, capsys, tmp_path)
+    assert "--tasks names no task" in line
+
+
+def test_task_data_out_of_reach_is_one_line(local_tasks_only, model_args, capsys, tmp_path):
+    """A hub task with the Hub out of reach (here: offline mode, as conftest sets) and its data not cached: one line
+    naming the dataset and what to do, not datasets' ConnectionError traceback."""
+    (tmp_path / "hub_task.yaml").write_text(
+        "task: hub_task\ndataset_path: no-such-org/no-such-dataset\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{c}}'\ndoc_to_target: 0\n")
+    argv = ["--model", "llada_bs", "--model_args", f"pretrained={model_args['pretrained']},mc_num=2",
+            "--tasks", "hub_task", "--include_path", str(tmp_path), "--device", "cpu",
+            "--output_path", str(tmp_path / "out")]
+    line = _cli(argv, capsys, tmp_path)
+    assert "'no-such-org/no-such-dataset'" in line and "Hugging Face Hub" in line and "HF_DATASETS_CACHE" in line
+
+
+@pytest.mark.parametrize("err,expect", [
+    (ValueError("Tasks not found: a, b"), "no task named a, b;"),  # lm-eval 0.4.13's wording
+    (ValueError("Tasks not found: a. Try `lm-eval --tasks {list_groups,list}` to list"), "no task named a;"),  # 0.4.9
+    (ConnectionError("Couldn't reach 'x/y' on the Hub (LocalEntryNotFoundError)"), "Couldn't reach 'x/y'"),
+    (ValueError("No tasks specified, or no tasks found. Please verify the task names."), "--tasks names no task"),
+    (ValueError("some other bug"), None),
+    (RuntimeError("Tasks not found: a"), None),
+])
+def test_which_lm_eval_failures_are_reworded(lm_mod, err, expect):
+    from support_basis.lm_eval_cli import lm_eval_failure
+
+    line = lm_eval_failure(err)
+    assert (line is None) if expect is None else (expect in line and "\n" not in line)
 
 
 @pytest.mark.slow

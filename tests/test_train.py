@@ -181,7 +181,13 @@ def test_bad_model_dir_and_bad_data(tmp_path, tiny_model_dir, capsys):
     assert e.value.code == 2 and "not a model directory" in capsys.readouterr().err
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": 3}\n')
-    with pytest.raises(SystemExit) as e:
+    import transformers
+
+    def no_weights(*args, **kwargs):  # the data is refused before any weight loads (a minute for the 8B)
+        raise AssertionError("the weights were loaded before the data was checked")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
+        mp.setattr(transformers.AutoModel, "from_pretrained", no_weights)
         train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
     assert e.value.code == 2 and f"{data}, line 2" in capsys.readouterr().err
 

@@ -81,23 +81,27 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no_chat", action="store_true",
                    help="send the prompt raw, without the chat template (paper protocol only)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--check_flags", action="store_true",
+                   help="check every flag and --out_dir, then exit: no model loaded, no data read, nothing written "
+                   "(run_all.sh runs it for each task before it starts)")
     return p
 
 
 def parse_configs(a) -> list[tuple[float, int]]:
-    """``--configs`` (``exact`` or ``RATIO:DEGREE`` each) or the single ``--exact_ratio``/``--chebyshev_degree``."""
+    """``--configs`` (``exact`` or ``RATIO:DEGREE`` each) or the single ``--exact_ratio``/``--chebyshev_degree``.
+    A configuration listed twice (``0.2:4 0.20:4``, or ``exact 1:4``: exact attention has no degree) runs once."""
     if not a.configs:
         return [(a.exact_ratio, a.chebyshev_degree)]
     out = []
     for c in a.configs:
-        if c == "exact":
-            out.append((1.0, 6))
-            continue
         try:
-            ratio, degree = c.split(":")
-            out.append((float(ratio), int(degree)))
+            ratio, degree = (1.0, 6) if c == "exact" else c.split(":")
+            pair = (float(ratio), int(degree))
         except ValueError:
             raise ValueError(f"--configs entry {c!r} is not 'exact' or RATIO:DEGREE (e.g. 0.2:6)") from None
+        pair = (1.0, 6) if pair[0] == 1 else pair
+        if pair not in out:
+            out.append(pair)
     return out
 
 
@@ -210,6 +214,8 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     except ValueError as err:
         raise UserError(str(err)) from None
     check_output_dir(a.out_dir, "--out_dir")
+    if a.check_flags:
+        return []
     check_model_dir(a.model_name, "--model_name")
     check_device(a.device)
     items = load_items(task, a.data_path, a.limit, runs[0]["protocol"], a.fewshot_path)
@@ -233,7 +239,7 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     stores = [RecordStore(Path(a.out_dir) / task.name / config_name(s, defaults), s,
                           state.process_index, state.num_processes) for s in runs]
     for store in stores:
-        store.check_items(items)
+        store.check_items(items, complete=a.limit is None or len(items) < a.limit)
     from ..loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name", hybrid_kernel=a.kernel)

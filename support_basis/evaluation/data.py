@@ -102,12 +102,15 @@ def _local_rows(task: Task, path: Path, stem: str) -> tuple[list[dict], str]:
         raise DataError(f"{path}: mixed file types {sorted(kinds)}; use one format")
     source = str(files[0] if len(files) == 1 else path)
     if ".parquet" in kinds:
-        from datasets import load_dataset
+        import pyarrow.parquet as pq  # read directly: no Arrow cache to build, no log line before the error
 
-        try:
-            return list(load_dataset("parquet", data_files=[str(f) for f in files], split="train")), source
-        except Exception as err:
-            raise DataError(f"could not read {source}: {type(err).__name__}: {err}") from None
+        rows = []
+        for f in files:
+            try:
+                rows.extend(pq.read_table(f).to_pylist())
+            except Exception as err:
+                raise DataError(f"could not read {f}: {type(err).__name__}: {err}") from None
+        return rows, source
     rows = []
     for f in files:  # json / jsonl: read directly (no Arrow cache to build), errors name the file and line
         text = read_text(f)

@@ -152,9 +152,16 @@ class RecordStore:
                 done[idx] = rec
         return done
 
-    def check_items(self, items) -> None:
-        """Refuse (:class:`ConfigMismatch`) records made from other data than ``items`` (same index, other item)."""
+    def check_items(self, items, complete: bool = False) -> None:
+        """Refuse (:class:`ConfigMismatch`) records made from other data than ``items`` (same index, other item);
+        with ``complete`` (``items`` is the whole data, no ``--limit`` cut it) also records of items past its end."""
         done = self.finished()
+        beyond = sorted(i for i in done if i >= len(items)) if complete else []
+        if beyond:
+            raise ConfigMismatch(
+                f"{self.dir} holds records of items the data does not have (item {beyond[0]}; the data has "
+                f"{len(items)}): the data file changed? Use another --out_dir, or delete that directory to start over."
+            )
         for item in items:
             rec = done.get(item.idx)
             if rec is not None and rec.get("item_fp") != item_fingerprint(item):
