@@ -27,6 +27,7 @@
 #                      --block_length 32 for the Fast-dLLM GSM8K setting with --cache dual --threshold 0.9)
 # Each run resumes where it stopped; a finished run is skipped in seconds.
 set -euo pipefail
+set -f  # the lists (--tasks, --ratios, ...) are split on spaces, never expanded as file patterns
 cd "$(dirname "$0")"
 
 GIVEN=" ${MODEL+model} ${OUT+out} ${DATA_DIR+data} "  # what the user set (environment or flags): --smoke keeps it

@@ -482,6 +482,7 @@ RUN_ALL = [
     (["--tasks", "squad"], "unknown task 'squad'"),
     (["--tasks", " "], "--tasks is empty"),
     (["--tasks", "arc_easy,squad"], "unknown task 'squad'"),
+    (["--tasks", "*"], "unknown task '*'"),  # not the repository's file names
     (["--ratios", "0.2,abc"], "--ratios: 'abc' is not a number"),
     (["--degrees", "4 4.5"], "--degrees: '4.5' is not a whole number"),
     # a runner's flag is checked by every runner before --smoke writes its model and data: nothing is left
