@@ -62,7 +62,7 @@ def lm_eval_failure(err: Exception) -> str | None:
     if isinstance(err, ValueError) and text.startswith("No tasks specified"):  # --tasks "" or a folder without YAML
         return (f"--tasks names no task (an empty list, or a folder holding no task YAML); {_LIST_TASKS}, and a task "
                 "of your own is its YAML file or a folder of them (--include_path DIR)")
-    if isinstance(err, ConnectionError):
+    if isinstance(err, ConnectionError) and text.startswith("Couldn't reach"):  # datasets' words for a dataset
         import datasets
 
         why = "offline mode is on" if datasets.config.HF_HUB_OFFLINE else "the Hub is out of reach"

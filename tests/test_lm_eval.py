@@ -346,6 +346,7 @@ def test_task_data_out_of_reach_is_one_line(local_tasks_only, model_args, capsys
     (ConnectionError("Couldn't reach 'x/y' on the Hub (LocalEntryNotFoundError)"), "Couldn't reach 'x/y'"),
     (ValueError("No tasks specified, or no tasks found. Please verify the task names."), "--tasks names no task"),
     (ValueError("some other bug"), None),
+    (ConnectionError("Connection reset by peer"), None),  # not datasets' words for a dataset: no claim about data
     (RuntimeError("Tasks not found: a"), None),
 ])
 def test_which_lm_eval_failures_are_reworded(lm_mod, err, expect):
