@@ -21,7 +21,8 @@ import sys
 from .errors import UserError, cli
 from .process_group import leave_process_group
 
-_LIST_TASKS = "`python scripts/lm_eval_llada.py ls tasks` lists the names"
+_WHERE_TASKS = ("`python scripts/lm_eval_llada.py ls tasks` lists the names, and a task of your own is its YAML file "
+                "(--tasks path/to/task.yaml) or a folder of them (--include_path DIR)")
 
 
 def check_llada_args(argv: list[str]) -> None:
@@ -57,11 +58,9 @@ def lm_eval_failure(err: Exception) -> str | None:
     text = " ".join(str(err).split())
     if isinstance(err, ValueError) and text.startswith("Tasks not found"):
         names = text.split(":", 1)[1].split(". ")[0].strip() if ":" in text else "?"
-        return (f"--tasks: lm-eval has no task named {names}; {_LIST_TASKS}, and a task of your own is its YAML "
-                "file (--tasks path/to/task.yaml) or a folder of them (--include_path DIR)")
+        return f"--tasks: lm-eval has no task named {names}; {_WHERE_TASKS}"
     if isinstance(err, ValueError) and text.startswith("No tasks specified"):  # --tasks "" or a folder without YAML
-        return (f"--tasks names no task (an empty list, or a folder holding no task YAML); {_LIST_TASKS}, and a task "
-                "of your own is its YAML file or a folder of them (--include_path DIR)")
+        return f"--tasks names no task (an empty list, or a folder holding no task YAML); {_WHERE_TASKS}"
     if isinstance(err, ConnectionError) and text.startswith("Couldn't reach"):  # datasets' words for a dataset
         import datasets
 

@@ -288,10 +288,16 @@ def check_device(device: str, flag: str = "--device") -> str:
     return str(dev)
 
 
+def embedding_rows(config) -> int | None:
+    """How many token ids have an embedding row: LLaDA's ``embedding_size`` (which may exceed ``vocab_size``), else
+    ``vocab_size``; ``None`` if the config has neither."""
+    return getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
+
+
 def check_token_ids(token_lists, config, labels=None) -> None:
     """Every id of every list must have an embedding row; else the tokenizer does not belong to the model.
     ``labels[i]`` names list ``i`` in the message (default ``prompt #i+1``)."""
-    rows = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
+    rows = embedding_rows(config)
     if rows is None:
         return
     mask = getattr(config, "mask_token_id", None)

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .model_dir import embedding_rows
+
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 MAX_TEMPERATURE = 100.0  # beyond this the Gumbel noise swamps any logit: the answer is uniform noise
@@ -128,13 +130,14 @@ def generate(
             f"prompt ({p} tokens) + gen_length ({gen_length}) = {p + gen_length} exceeds the model's "
             f"max_sequence_length ({max_len}); shorten the prompt or the answer"
         )
+    rows = embedding_rows(config)
+    outside = (input_ids < 0) | (input_ids >= rows) if rows else None
+    # once per call, where the prompts are (no device sync for CPU prompts): on a GPU such an id is a device assert
+    if outside is not None and outside.any():
+        raise ValueError(f"input_ids hold token id {int(input_ids[outside][0])} outside the model's vocabulary "
+                         f"[0, {rows}): encode prompts with this model's tokenizer")
     device = model_device(model)
     input_ids = input_ids.to(device)
-    vocab = _vocabulary_size(model)
-    outside = (input_ids < 0) | (input_ids >= vocab) if vocab else None
-    if outside is not None and outside.any():  # once per call: on a GPU an id outside is a device-side assert
-        raise ValueError(f"input_ids hold token id {int(input_ids[outside][0])} outside the model's vocabulary "
-                         f"[0, {vocab}): encode prompts with this model's tokenizer")
     if attention_mask is not None:
         attention_mask = attention_mask.to(device).bool()
         if attention_mask.shape != input_ids.shape:
@@ -279,13 +282,6 @@ def check_fast_sampling(cache="none", threshold=None, factor=None, remasking="lo
     if (threshold is not None or factor is not None) and remasking != "low_confidence":
         raise ValueError(f"{name['threshold'] if threshold is not None else name['factor']} reveals by confidence: "
                          f"it needs {name['remasking']} low_confidence; got {remasking!r}")
-
-
-def _vocabulary_size(model) -> int | None:
-    """Rows of the input embedding (LLaDA's ``embedding_size`` may exceed ``vocab_size``); ``None`` if unknown."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(embeddings, "num_embeddings", None)
-    return rows if rows is not None else getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def model_device(model) -> torch.device:

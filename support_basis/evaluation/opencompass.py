@@ -84,11 +84,6 @@ def gsm8k_number(text: str) -> str:
     return numbers[-1] if numbers else "NULL"
 
 
-def gsm8k_reference(answer: str) -> str:
-    """The gold number of a GSM8K ``answer`` field (``"... #### 1,234"`` -> ``"1234"``), as OpenCompass derives it."""
-    return answer.split("#### ")[1].replace(",", "")
-
-
 def gsm8k_equal(pred: str, reference: str) -> bool:
     """OpenCompass's GSM8K comparison: equal strings, or ``float(pred)`` within 1e-6 of ``int(reference)``."""
     try:
