@@ -19,22 +19,21 @@ import sys
 from pathlib import Path
 
 from support_basis.errors import ArgumentParser, UserError, cli, number
-from support_basis.model_dir import check_device, check_model_dir, is_hub_id
+from support_basis.loading import DEFAULT_MODEL as SHIPPED_MODEL
+from support_basis.model_dir import check_device, check_model_dir
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_MODEL = "checkpoints/llada-tiny"
+DEFAULT_MODEL = str(SHIPPED_MODEL)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_model(name: str) -> str:
-    """The model directory to load: ``name`` itself, or a relative path found under the repository (so the default
-    works from any current directory), or a hub id. Its files are checked here, before anything loads."""
-    if not is_hub_id(name) and not Path(name).expanduser().exists() and (REPO / name).exists():
-        name = str(REPO / name)
-    elif name == DEFAULT_MODEL and not Path(name).exists():
-        raise UserError(f"--model {name}: the shipped trained tiny model is missing ({REPO / name}); restore it "
-                        "(git checkout -- checkpoints) or pass --model DIR (a random one: python "
-                        "scripts/make_tiny_model.py DIR)")
+    """The model directory to load: ``name`` (a relative path is the caller's, as every command line here takes
+    it; the default is the installed package's tiny model, an absolute path) or a hub id. Its files are checked
+    here, before anything loads."""
+    if name == DEFAULT_MODEL and not Path(name).exists():
+        raise UserError(f"--model {name}: the shipped trained tiny model is missing; reinstall the package (or, in "
+                        "a checkout, git checkout -- support_basis/checkpoints) or pass --model DIR (a random one: "
+                        "python scripts/make_tiny_model.py DIR)")
     check_model_dir(name)
     return name
 
@@ -61,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=number(1, 65535, integer=True), default=7860, help="port (default 7860)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a LLaDA-BS model directory or hub id (default {DEFAULT_MODEL}, the shipped trained tiny "
-                        "model)")
+                   help="a LLaDA-BS model directory or hub id (default: the shipped trained tiny model, "
+                        "support_basis/checkpoints/llada-tiny)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--delay", type=number(0, 10), default=0.05,

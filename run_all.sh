@@ -5,57 +5,65 @@
 #   bash run_all.sh --smoke                                         # shipped tiny LLaDA + synthetic data, CPU
 #   bash run_all.sh --protocol official --dtype bfloat16 --no-hybrid   # reproduce the published exact figures
 #
-# Options (each overrides a default; environment variables of the same name in capitals work too; lists take
-# spaces or commas):
-#   --model DIR        LLaDA-BS model directory or hub id     (MODEL, default models/LLaDA-8B-Instruct-BS)
+# Options (each overrides a default; so does the environment variable RUN_ALL_<NAME> given in brackets, e.g.
+# RUN_ALL_MODEL; no other variable is read; lists take spaces or commas; relative paths are the caller's):
+#   --model DIR        LLaDA-BS model directory or hub id     (RUN_ALL_MODEL, default models/LLaDA-8B-Instruct-BS)
 #   --protocol P       paper (the support-basis paper's runners) | official (LLaDA-8B-Instruct's published
-#                      OpenCompass runs)                                          (PROTOCOL, default paper)
-#   --tasks "..."      subset of: arc_challenge arc_easy gpqa hellaswag mmlu gsm8k (gsm8k: official only)  (TASKS;
+#                      OpenCompass runs)                                          (RUN_ALL_PROTOCOL, default paper)
+#   --tasks "..."      subset of: arc_challenge arc_easy gpqa hellaswag mmlu gsm8k (gsm8k: official only)  (RUN_ALL_TASKS;
 #                      default: paper the five multiple-choice tasks, official arc_challenge gpqa hellaswag mmlu gsm8k)
-#   --ratios "..."     exact ratios of the hybrid runs          (RATIOS, default "0.2")
-#   --degrees "..."    Chebyshev degrees of the hybrid runs     (DEGREES, default "4 6")
+#   --ratios "..."     exact ratios of the hybrid runs          (RUN_ALL_RATIOS, default "0.2")
+#   --degrees "..."    Chebyshev degrees of the hybrid runs     (RUN_ALL_DEGREES, default "4 6")
 #   --no-exact         skip the exact-attention baseline      --no-hybrid   run the exact baseline only
-#   --limit N          first N items of each task                (LIMIT)
-#   --out DIR          output directory                           (OUT, default results)
-#   --data-dir DIR     local data: DIR/<task>.jsonl in the hub schema (DATA_DIR; default: the hub)
-#   --batch-size N     (BATCH_SIZE, default 8)   --dtype D (DTYPE, default float32, as the paper)
-#   --cache MODE       fast sampler's key/value cache: none | prefix | dual   (CACHE, default none)
-#   --threshold T      reveal every position with confidence >= T per step   (THRESHOLD, default off)
-#   --factor F         adaptive parallel decoding factor                       (FACTOR, default off)
-#   --kernel K         hybrid_kernel: auto | triton | native | compiled | eager (KERNEL, default: the model's)
+#   --limit N          first N items of each task                (RUN_ALL_LIMIT)
+#   --out DIR          output directory                           (RUN_ALL_OUT, default results)
+#   --data-dir DIR     local data: DIR/<task>.jsonl in the hub schema (RUN_ALL_DATA_DIR; default: the hub)
+#   --batch-size N     (RUN_ALL_BATCH_SIZE, default 8)   --dtype D (RUN_ALL_DTYPE, default float32, as the paper)
+#   --cache MODE       fast sampler's key/value cache: none | prefix | dual   (RUN_ALL_CACHE, default none)
+#   --threshold T      reveal every position with confidence >= T per step   (RUN_ALL_THRESHOLD, default off)
+#   --factor F         adaptive parallel decoding factor                       (RUN_ALL_FACTOR, default off)
+#   --kernel K         hybrid_kernel: auto | triton | native | compiled | eager (RUN_ALL_KERNEL, default: the model's)
+#   --early-stop       stop an item once a revealed block holds EOS/EoT; --suffix-window W / --suffix-tail T /
+#   --suffix-dropout gaussian|uniform / --threshold-alpha A: the pruned suffix and the context-aware threshold
+#                      (generate.py --help; flags only)
 #   -- ARGS...         anything after -- goes to every runner (e.g. -- --steps 16, or -- --gen_length 256
 #                      --block_length 32 for the Fast-dLLM GSM8K setting with --cache dual --threshold 0.9)
 # Each run resumes where it stopped; a finished run is skipped in seconds.
 set -euo pipefail
 set -f  # the lists (--tasks, --ratios, ...) are split on spaces, never expanded as file patterns
-cd "$(dirname "$0")"
+CALLER=$PWD  # relative paths the user gives (and the default --out) are the caller's
+REPO=$(cd "$(dirname "$0")" && pwd)
+cd "$REPO"
 
-GIVEN=" ${MODEL+model} ${OUT+out} ${DATA_DIR+data} "  # what the user set (environment or flags): --smoke keeps it
-MODEL=${MODEL:-models/LLaDA-8B-Instruct-BS}
-PROTOCOL=${PROTOCOL:-paper}
-TASKS=${TASKS:-}
-RATIOS=${RATIOS:-"0.2"}
-DEGREES=${DEGREES:-"4 6"}
-LIMIT=${LIMIT:-}
-OUT=${OUT:-results}
-DATA_DIR=${DATA_DIR:-}
-BATCH_SIZE=${BATCH_SIZE:-8}
-DTYPE=${DTYPE:-float32}
-CACHE=${CACHE:-none}
-THRESHOLD=${THRESHOLD:-}
-FACTOR=${FACTOR:-}
-KERNEL=${KERNEL:-}
+# only this script's own RUN_ALL_* variables: a generic MODEL, CACHE or PYTHON in the environment is not a setting
+GIVEN=" ${RUN_ALL_MODEL+model} ${RUN_ALL_OUT+out} ${RUN_ALL_DATA_DIR+data} "  # what the user set: --smoke keeps it
+MODEL=${RUN_ALL_MODEL:-models/LLaDA-8B-Instruct-BS}
+PROTOCOL=${RUN_ALL_PROTOCOL:-paper}
+TASKS=${RUN_ALL_TASKS:-}
+RATIOS=${RUN_ALL_RATIOS:-"0.2"}
+DEGREES=${RUN_ALL_DEGREES:-"4 6"}
+LIMIT=${RUN_ALL_LIMIT:-}
+OUT=${RUN_ALL_OUT:-results}
+DATA_DIR=${RUN_ALL_DATA_DIR:-}
+BATCH_SIZE=${RUN_ALL_BATCH_SIZE:-8}
+DTYPE=${RUN_ALL_DTYPE:-float32}
+CACHE=${RUN_ALL_CACHE:-none}
+THRESHOLD=${RUN_ALL_THRESHOLD:-}
+FACTOR=${RUN_ALL_FACTOR:-}
+KERNEL=${RUN_ALL_KERNEL:-}
 EXACT=1
 HYBRID=1
 SMOKE=0
 EXTRA=()
-PYTHON=${PYTHON:-python}
+STREAM=()  # the sampler's early-stop / pruned-suffix / context-aware-threshold flags, passed to every runner
+PYTHON=${RUN_ALL_PYTHON:-python}  # the interpreter that runs the runners (the project's environment)
 # errors are one line on stderr with exit status 2, as in every command line of this project (README)
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
+abs_path() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }
 
 while [ $# -gt 0 ]; do
     case "$1" in  # an option that takes a value needs one (add new ones here)
-        --model|--protocol|--tasks|--ratios|--degrees|--limit|--out|--data-dir|--batch-size|--dtype|--cache|--threshold|--factor|--kernel)
+        --model|--protocol|--tasks|--ratios|--degrees|--limit|--out|--data-dir|--batch-size|--dtype|--cache|--threshold|--factor|--kernel|--suffix-window|--suffix-tail|--suffix-dropout|--threshold-alpha)
             { [ $# -ge 2 ] && [[ "$2" != --* ]]; } || die "$1 needs a value (see --help)" ;;
     esac
     case "$1" in
@@ -75,9 +83,11 @@ while [ $# -gt 0 ]; do
         --threshold) THRESHOLD=$2; shift 2 ;;
         --factor) FACTOR=$2; shift 2 ;;
         --kernel) KERNEL=$2; shift 2 ;;
+        --early-stop) STREAM+=(--early_stop 1); shift ;;
+        --suffix-window|--suffix-tail|--suffix-dropout|--threshold-alpha) STREAM+=("--$(tr - _ <<< "${1#--}")" "$2"); shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -108,12 +118,13 @@ configs=()
 [ ${#configs[@]} -gt 0 ] || die "no configuration to run: --no-exact with --no-hybrid (or empty --ratios or --degrees)"
 
 if [ "$SMOKE" = 1 ]; then
-    # Everything offline on CPU: the shipped tiny LLaDA trained on synthetic tasks (checkpoints/llada-tiny) and
+    # Everything offline on CPU: the shipped tiny LLaDA trained on synthetic tasks (support_basis/checkpoints/llada-tiny) and
     # held-out synthetic questions in each task's schema (scripts/make_synthetic_data.py; kinds interleaved, so
     # --limit keeps every kind). Its accuracies are real: the table of README's "trained tiny LLaDA" comes from here.
     # A --model, --out or --data-dir the user gave is kept. Both are made below, once every flag is checked.
     [[ "$GIVEN" == *" out "* ]] || OUT=${OUT/#results/results-smoke}
-    [[ "$GIVEN" == *" model "* ]] || MODEL=checkpoints/llada-tiny
+    OUT=$(abs_path "$OUT")  # the smoke model and data below live in it
+    [[ "$GIVEN" == *" model "* ]] || MODEL=$REPO/support_basis/checkpoints/llada-tiny
     # the official prompts (GPQA's five examples, GSM8K's four worked solutions) are ~1.5k tokens: more than the
     # trained tiny model's 512-token window. A tiny random model with a 4096-token window runs them instead (its
     # answers are noise: this checks the pipeline), with 32-token answers to stay quick on a CPU.
@@ -127,6 +138,11 @@ if [ "$SMOKE" = 1 ]; then
     [[ "$GIVEN" == *" data "* ]] || DATA_DIR="$OUT/synthetic-heldout"
 fi
 
+# a relative path is the caller's: --out and --data-dir always, --model where it names something there (else a hub id)
+OUT=$(abs_path "$OUT")
+[ -z "$DATA_DIR" ] || DATA_DIR=$(abs_path "$DATA_DIR")
+if [[ "$MODEL" == ./* || "$MODEL" == ../* || "$MODEL" == ~* ]] || [ -e "$CALLER/$MODEL" ]; then MODEL=$(abs_path "$MODEL"); fi
+
 common=(--model_name "$MODEL" --protocol "$PROTOCOL" --out_dir "$OUT" --batch_size "$BATCH_SIZE" --dtype "$DTYPE"
         --no_progress)
 [ -n "$LIMIT" ] && common+=(--limit "$LIMIT")
@@ -135,11 +151,17 @@ common+=(--cache "$CACHE")
 [ -n "$THRESHOLD" ] && common+=(--threshold "$THRESHOLD")
 [ -n "$FACTOR" ] && common+=(--factor "$FACTOR")
 [ -n "$KERNEL" ] && common+=(--kernel "$KERNEL")
+common+=(${STREAM[@]+"${STREAM[@]}"})
 
 # every runner checks its flags (and those after --) before anything is written, about 2 s each
 for task in $TASKS; do
     "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}" --check_flags
 done
+# one run_all.sh per --out at a time (each runner also locks its task folder); the lock drops when this script exits
+mkdir -p "$OUT"
+exec 9>>"$OUT/.run_all.lock"
+flock -n 9 || die "--out $OUT is being written by another run_all.sh ($(cat "$OUT/.run_all.lock" 2>/dev/null)); wait for it to finish (a rerun then resumes), or give another --out"
+echo "process $$ on $(hostname)" > "$OUT/.run_all.lock"
 if [ "$SMOKE" = 1 ]; then
     [ -z "$SMOKE_MODEL" ] || [ -f "$SMOKE_MODEL/config.json" ] || \
         "$PYTHON" scripts/make_tiny_model.py "$SMOKE_MODEL" --max-sequence-length 4096 >/dev/null

@@ -54,36 +54,60 @@ the CPU under ``TRITON_INTERPRET=1``; no autograd); ``native`` the C kernel (CPU
 DEFAULT_KERNEL = "auto"
 
 
+_WARNED: set[str] = set()
+
+
+def warn_unknown_knobs(names, where: str) -> None:
+    """Warn once per name for a ``hybrid_*`` name that is no knob (a typo such as ``hybrid_exact_raito`` would
+    otherwise be stored, or dropped, and the knob keep its value silently), suggesting the closest knob."""
+    import difflib
+    import warnings
+
+    for name in names:
+        if name.startswith("hybrid_") and name not in HYBRID_VALIDATORS and name not in _WARNED:
+            _WARNED.add(name)
+            close = difflib.get_close_matches(name, HYBRID_VALIDATORS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            warnings.warn(f"{where} has no knob {name!r}: it changes nothing ({hint}the knobs: "
+                          f"{', '.join(HYBRID_VALIDATORS)})", UserWarning, stacklevel=3)
+
+
+class ConfigValueError(ValueError):
+    """A config value outside its rule (a hybrid knob, an architecture field): the message names the field, the
+    value and the rule. A ``ValueError``, so existing ``except ValueError`` keeps working; callers that turn errors
+    into one line catch this class only, so other ``ValueError`` s keep their traceback."""
+
+
 def validate_exact_ratio(value, name: str = "hybrid_exact_ratio") -> float:
     """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1] (1.0 means exact attention); got {value!r}")
+        raise ConfigValueError(f"{name} must be a number in [0, 1] (1.0 means exact attention); got {value!r}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (1.0 means exact attention); got {value!r}")
+        raise ConfigValueError(f"{name} must be in [0, 1] (1.0 means exact attention); got {value!r}")
     return float(value)
 
 
 def validate_chebyshev_degree(value, name: str = "hybrid_chebyshev_degree") -> int:
     """Return ``value`` as an int in [1, MAX_CHEBYSHEV_DEGREE] or raise ``ValueError`` naming ``name`` and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_CHEBYSHEV_DEGREE:
-        raise ValueError(f"{name} must be an integer in [1, {MAX_CHEBYSHEV_DEGREE}]; got {value!r}")
+        raise ConfigValueError(f"{name} must be an integer in [1, {MAX_CHEBYSHEV_DEGREE}]; got {value!r}")
     return int(value)  # numpy integers too: the config stores a plain int
 
 
 def validate_num_samples(value, name: str = "hybrid_num_samples") -> int:
     """Return ``value`` as an int >= 1 or raise ``ValueError`` naming ``name`` and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        raise ConfigValueError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
 
 
 def validate_exact_split(value, name: str = "hybrid_exact_split") -> float:
     """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1] (share of the exact budget given to the largest "
+        raise ConfigValueError(f"{name} must be a number in [0, 1] (share of the exact budget given to the largest "
                          f"scores; 0.5 = the paper); got {value!r}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (share of the exact budget given to the largest scores; "
+        raise ConfigValueError(f"{name} must be in [0, 1] (share of the exact budget given to the largest scores; "
                          f"0.5 = the paper); got {value!r}")
     return float(value)
 
@@ -91,7 +115,7 @@ def validate_exact_split(value, name: str = "hybrid_exact_split") -> float:
 def validate_fit(value, name: str = "hybrid_fit") -> str:
     """Return ``value`` if it is one of ``FITS`` or raise ``ValueError`` naming ``name``, the value and the choices."""
     if not isinstance(value, str) or value not in FITS:
-        raise ValueError(f"{name} must be one of {', '.join(FITS)} (chebyshev = the paper); got {value!r}")
+        raise ConfigValueError(f"{name} must be one of {', '.join(FITS)} (chebyshev = the paper); got {value!r}")
     return value
 
 
@@ -99,7 +123,7 @@ def validate_kernel(value, name: str = "hybrid_kernel") -> str:
     """Return ``value`` if it is one of ``KERNELS`` or raise ``ValueError`` naming ``name``, the value and the
     choices."""
     if not isinstance(value, str) or value not in KERNELS:
-        raise ValueError(f"{name} must be one of {', '.join(KERNELS)} (auto = the fastest this device supports); "
+        raise ConfigValueError(f"{name} must be one of {', '.join(KERNELS)} (auto = the fastest this device supports); "
                          f"got {value!r}")
     return value
 
@@ -224,6 +248,7 @@ class LLaDAConfig(PretrainedConfig):
         self.hybrid_fit = hybrid_fit
         self.hybrid_kernel = hybrid_kernel
         kwargs.setdefault("tie_word_embeddings", weight_tying)
+        warn_unknown_knobs(kwargs, "the config")
         super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id, **kwargs)
         self._check_architecture()
 
@@ -241,31 +266,31 @@ class LLaDAConfig(PretrainedConfig):
             if value is None and name in ("n_kv_heads", "mlp_hidden_size", "embedding_size"):
                 continue  # derived (effective_*)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+                raise ConfigValueError(f"{name} must be an integer >= 1; got {value!r}")
         for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+                raise ConfigValueError(f"{name} must be a finite number > 0; got {value!r}")
         rows = self.effective_embedding_size
         if self.vocab_size > rows:
-            raise ValueError(f"vocab_size ({self.vocab_size}) exceeds embedding_size ({rows}): the model has no "
+            raise ConfigValueError(f"vocab_size ({self.vocab_size}) exceeds embedding_size ({rows}): the model has no "
                              "embedding for the last ids")
         for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
             value = getattr(self, name, None)
             if value is None and name != "mask_token_id":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < rows:
-                raise ValueError(f"{name} must be a token id in [0, {rows}) (the embedding's rows); got {value!r}")
+                raise ConfigValueError(f"{name} must be a token id in [0, {rows}) (the embedding's rows); got {value!r}")
         for name, allowed in _SUPPORTED.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(
+                raise ConfigValueError(
                     f"{name}={getattr(self, name)!r} is not supported by this LLaDA implementation "
                     f"(supported: {', '.join(repr(a) for a in allowed)})"
                 )
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ConfigValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_heads % self.effective_n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+            raise ConfigValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
 
     @property
     def effective_n_kv_heads(self) -> int:

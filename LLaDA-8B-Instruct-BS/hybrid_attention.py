@@ -25,47 +25,32 @@ import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, see _compiled_kernel)
 import torch.nn.functional as F
 
-try:  # remote code, or the support_basis.llada package: transformers copies the siblings named here
-    from .configuration_llada import (
-        DEFAULT_EXACT_SPLIT,
-        DEFAULT_FIT,
-        DEFAULT_KERNEL,
-        DEFAULT_NUM_SAMPLES,
-        FITS,
-        KERNELS,
-        MAX_CHEBYSHEV_DEGREE,
-        validate_chebyshev_degree,
-        validate_exact_ratio,
-        validate_exact_split,
-        validate_fit,
-        validate_kernel,
-        validate_num_samples,
-    )
-    from .hybrid_fit import HORNER_MAX_DEGREE, evaluation_coefficients, fit_chebyshev, fit_empirical
-    from .hybrid_native import native_attention, native_error, native_library, native_thresholds
-    from .hybrid_sample import MASKED_BIAS, SamplePlan, prepare_mask
-    from .hybrid_triton import interpreted, triton_attention, triton_error
-except ImportError:  # the same file imported from the repository root (through its symlinks)
-    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
-
-    _config = importlib.import_module("configuration_llada")
-    DEFAULT_EXACT_SPLIT, DEFAULT_FIT, DEFAULT_KERNEL = (
-        _config.DEFAULT_EXACT_SPLIT, _config.DEFAULT_FIT, _config.DEFAULT_KERNEL)
-    DEFAULT_NUM_SAMPLES, FITS, KERNELS = _config.DEFAULT_NUM_SAMPLES, _config.FITS, _config.KERNELS
-    MAX_CHEBYSHEV_DEGREE = _config.MAX_CHEBYSHEV_DEGREE
-    validate_chebyshev_degree, validate_exact_ratio = _config.validate_chebyshev_degree, _config.validate_exact_ratio
-    validate_exact_split, validate_fit = _config.validate_exact_split, _config.validate_fit
-    validate_kernel, validate_num_samples = _config.validate_kernel, _config.validate_num_samples
-    _fit = importlib.import_module("hybrid_fit")
-    HORNER_MAX_DEGREE, evaluation_coefficients = _fit.HORNER_MAX_DEGREE, _fit.evaluation_coefficients
-    fit_chebyshev, fit_empirical = _fit.fit_chebyshev, _fit.fit_empirical
-    _native = importlib.import_module("hybrid_native")
-    native_attention, native_library = _native.native_attention, _native.native_library
-    native_error, native_thresholds = _native.native_error, _native.native_thresholds
-    _sample = importlib.import_module("hybrid_sample")
-    MASKED_BIAS, SamplePlan, prepare_mask = _sample.MASKED_BIAS, _sample.SamplePlan, _sample.prepare_mask
-    _triton = importlib.import_module("hybrid_triton")
-    interpreted, triton_attention, triton_error = _triton.interpreted, _triton.triton_attention, _triton.triton_error
+from .configuration_llada import (
+    DEFAULT_EXACT_SPLIT,
+    DEFAULT_FIT,
+    DEFAULT_KERNEL,
+    DEFAULT_NUM_SAMPLES,
+    FITS,
+    KERNELS,
+    MAX_CHEBYSHEV_DEGREE,
+    validate_chebyshev_degree,
+    validate_exact_ratio,
+    validate_exact_split,
+    validate_fit,
+    validate_kernel,
+    validate_num_samples,
+)
+from .hybrid_constants import (
+    HORNER_MAX_DEGREE,
+    INTERVAL_MIN_HALF,
+    INTERVAL_PAD,
+    ROW_SCALE_CAP,
+    WEIGHT_FLOOR,
+)
+from .hybrid_fit import evaluation_coefficients, fit_chebyshev, fit_empirical
+from .hybrid_native import native_attention, native_error, native_library, native_thresholds
+from .hybrid_sample import MASKED_BIAS, SamplePlan, prepare_mask
+from .hybrid_triton import interpreted, triton_attention, triton_error
 
 __all__ = [
     "hybrid_attention",
@@ -101,9 +86,6 @@ _BUDGETS = {
     ("gpu", "compiled"): (1 << 28, 1 << 28),
     ("gpu", "eager"): (1 << 28, 1 << 28),
 }
-_ROW_SCALE_CAP = 60.0  # exp(60) * |p| * n stays finite in fp32 for any n < 1e10
-_WEIGHT_FLOOR = 1e-30  # positive floor of polynomial weights: a row whose polynomial is <= 0 everywhere stays defined
-_INTERVAL_PAD = 1e-5  # relative padding of the interval's half-width (see _interval)
 
 
 def _compute_dtype(query: torch.Tensor) -> torch.dtype:
@@ -240,7 +222,8 @@ def hybrid_attention(
         return _exact_attention(query, key, value, attention_mask, scale)
     mask, plan = _setup(query, key, attention_mask, num_samples)
     out = torch.empty(b, h, lq, value.shape[-1], dtype=query.dtype, device=query.device)
-    track = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    # a float bias that requires grad takes part in autograd too (the scores depend on it)
+    track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, value, mask))
     kernel = select_kernel(kernel, query.device, _compute_dtype(query), track)
     if kernel == "triton":
         _triton_forward(query, key, value, mask, plan, scale, exact_ratio, exact_split, chebyshev_degree, fit, out)
@@ -340,7 +323,7 @@ def _score_chunks(query, key, mask, scale, kernel: str = "eager"):
     pair_ids = torch.arange(b * h, device=query.device)
     # one buffer for every chunk: a fresh allocation per chunk costs page faults comparable to the matmul itself
     # (only without autograd: a matmul into a preallocated `out=` cannot be differentiated)
-    track = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, mask))
     buffer = None if track else _workspace(min(chunk, b * h), lq, lk, compute, query.device)
     for p0 in range(0, b * h, chunk):
         pairs = slice(p0, min(b * h, p0 + chunk))
@@ -455,11 +438,11 @@ def _kth_smallest_taken(x: torch.Tensor, take: torch.Tensor, q: float) -> torch.
 def _interval(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre and half-width of the approximation interval ``[lo, hi]``.
 
-    The half-width is padded by ``_INTERVAL_PAD`` of itself so that rounding never pushes the endpoints (which
+    The half-width is padded by ``INTERVAL_PAD`` of itself so that rounding never pushes the endpoints (which
     are approximated by definition) out of the interval, and floored so that a degenerate interval stays usable.
     """
     mid = (lo + hi) * 0.5
-    half = torch.maximum((hi - lo) * (0.5 * (1.0 + _INTERVAL_PAD)), 1e-6 * mid.abs().clamp_min(1.0))
+    half = torch.maximum((hi - lo) * (0.5 * (1.0 + INTERVAL_PAD)), INTERVAL_MIN_HALF * mid.abs().clamp_min(1.0))
     return mid, half
 
 
@@ -516,8 +499,8 @@ def _block_attention(scores, values, alpha, beta, top, coef, degree: int):
     row_max = torch.where(row_max == -math.inf, 0.0, row_max)
     t = scores * alpha + beta
     tc = t.clamp(-1.0, 1.0)
-    p = _evaluate(coef * torch.exp((top - row_max).clamp_max(_ROW_SCALE_CAP)), tc, degree)
-    weights = torch.where(t != tc, torch.exp(scores - row_max), p.clamp_min(_WEIGHT_FLOOR))
+    p = _evaluate(coef * torch.exp((top - row_max).clamp_max(ROW_SCALE_CAP)), tc, degree)
+    weights = torch.where(t != tc, torch.exp(scores - row_max), p.clamp_min(WEIGHT_FLOOR))
     row_sums = weights.sum(-1, keepdim=True)
     return torch.bmm(weights, values) / row_sums.clamp_min(torch.finfo(weights.dtype).tiny)
 
@@ -556,6 +539,27 @@ def select_kernel(kernel: str, device: torch.device, compute_dtype: torch.dtype,
     if device.type == "cpu" and plain and native_library() is not None:
         return "native"
     return "eager"
+
+
+def kernel_problem(kernel: str, device_type: str) -> str:
+    """Why a named ``kernel`` cannot run on ``device_type`` ("cpu", "cuda") in this process, in one sentence ending
+    with what to do; empty when it can (``auto`` and the torch kernels always can). For command lines, which check
+    a ``--kernel`` before loading a model; builds the native kernel (about a second, once per machine)."""
+    if kernel == "native":
+        if device_type != "cpu":
+            return "kernel 'native' runs on the CPU; use kernel 'auto' on a GPU"
+        with warnings.catch_warnings():  # the reason is this function's answer, not a warning besides it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            built = native_library()
+        if built is None:
+            return (f"kernel 'native': the native CPU kernel could not be built ({native_error()}); install a C "
+                    "compiler (cc, or set CC), or use kernel 'auto'")
+    if kernel == "triton":
+        if triton_error():
+            return f"kernel 'triton': {triton_error()}; pip install triton, or use kernel 'auto'"
+        if device_type != "cuda" and not interpreted():
+            return "kernel 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1); use kernel 'auto'"
+    return ""
 
 
 def _cannot(kernel, where, device, compute_dtype, track_grad, instead) -> ValueError:
@@ -633,6 +637,18 @@ def _score_range(scores):
 _COMPILED = {}
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "torch.compile could not build the kernel" (a missing C++ compiler or Triton, an
+    unsupported graph): only these fall back to eager. An error of the kernel itself (out of memory, a bad input)
+    is not one of them and keeps its traceback."""
+    import torch._dynamo.exc as dynamo_exc
+    import torch._inductor.exc as inductor_exc
+
+    names = ("CppCompileError", "CUDACompileError")
+    return (dynamo_exc.BackendCompilerFailed,) + tuple(getattr(inductor_exc, n) for n in names
+                                                        if hasattr(inductor_exc, n))
+
+
 def _compiled_kernel():
     """``_block_attention`` compiled with ``torch.compile`` (once per process); a failed compilation warns once
     and falls back to the identical eager definition."""
@@ -646,7 +662,7 @@ def _compiled_kernel():
                 # no "duck sizing": equal sizes in one block (e.g. 32 heads x 32 rows) must not specialise the kernel
                 with torch.fx.experimental._config.patch(use_duck_shape=False):
                     return compiled(*args)
-            except Exception as err:  # no C++ compiler / Triton: the eager definition computes the same
+            except _compile_errors() as err:  # no C++ compiler / Triton: the eager definition computes the same
                 _COMPILED["failed"] = err
                 warnings.warn(
                     f"hybrid_attention: torch.compile failed ({type(err).__name__}: {err}); using eager torch, "

@@ -9,20 +9,34 @@ host synchronisation. Part of the self-contained model directory: torch only.
 
 from __future__ import annotations
 
+import functools
 import math
-from functools import lru_cache
 
 import torch
 
+from .hybrid_constants import FIT_PRIOR, HORNER_MAX_DEGREE
+
+def traced_cache(maxsize: int | None = None):
+    """``functools.lru_cache`` for tables that are constants of their arguments, which ``torch.compile`` traces
+    through without its warning: under compilation the function runs uncached (Dynamo ignores an lru_cache
+    anyway, and says so once per call site)."""
+
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def call(*args):
+            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+        return call
+
+    return wrap
+
+
 _FIT_NODES = 64  # Chebyshev nodes of the least-squares fit (more than enough for any usable degree)
-_FIT_PRIOR = 1e-6  # weight of the Chebyshev-norm term that keeps the empirical fit well posed (see fit_empirical)
-# Degrees up to this are evaluated with Horner's rule in the monomial basis of t in [-1, 1] (one fused multiply-add
-# per degree; monomial coefficients of a Chebyshev series grow like 2.4^g, which costs accuracy from degree ~10
-# and overflows fp32 from ~140); above it, with Clenshaw's recurrence in the Chebyshev basis (stable at any degree).
-HORNER_MAX_DEGREE = 8
 
 
-@lru_cache(maxsize=None)
+@traced_cache()
 def _chebyshev_tables(degree: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 tables for a degree-``degree`` fit on ``max(_FIT_NODES, 2 (g+1))`` Chebyshev nodes.
 
@@ -37,7 +51,7 @@ def _chebyshev_tables(degree: int, device: torch.device) -> tuple[torch.Tensor, 
     return nodes.to(device), analysis.to(device)
 
 
-@lru_cache(maxsize=None)
+@traced_cache()
 def _to_monomial(degree: int, device: torch.device) -> torch.Tensor:
     """``M (g+1, g+1)`` float64 with ``a = c @ M`` the monomial coefficients of the Chebyshev series ``c``."""
     m = torch.zeros(degree + 1, degree + 1, dtype=torch.float64)
@@ -76,7 +90,7 @@ def fit_empirical(half: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, deg
     """Chebyshev coefficients ``c (P, g+1)`` of the least-squares fit of ``exp(half (t - 1))`` on the points ``t``.
 
     ``t (P, M)`` are a head's (sampled) approximated scores mapped to [-1, 1] and ``weight (P, M)`` their 0/1
-    weights. Minimises ``mean_m w_m (p(t_m) - f(t_m))^2 + _FIT_PRIOR * ||p - f||_T^2`` with ``||.||_T`` the
+    weights. Minimises ``mean_m w_m (p(t_m) - f(t_m))^2 + FIT_PRIOR * ||p - f||_T^2`` with ``||.||_T`` the
     Chebyshev-weighted L2 norm on [-1, 1] (whose minimiser alone is the paper's fit): the small second term keeps
     the problem well posed where the points do not determine every coefficient (few or clustered points), and
     leaves the fit the paper's where a head has no approximated score. The normal equations come from the
@@ -99,8 +113,8 @@ def fit_empirical(half: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, deg
     gram = 0.5 * (mu[:, i[:, None] + i[None, :]] + mu[:, (i[:, None] - i[None, :]).abs()])
     norms = _chebyshev_norms(degree, t.device)
     uniform = fit_chebyshev(half, degree)
-    gram = gram + torch.diag(_FIT_PRIOR * norms)
-    b = torch.stack(rhs, -1) + _FIT_PRIOR * norms * uniform
+    gram = gram + torch.diag(FIT_PRIOR * norms)
+    b = torch.stack(rhs, -1) + FIT_PRIOR * norms * uniform
     # The system is symmetric positive definite (a Gram matrix plus a positive prior): Cholesky, which reports a
     # failure (extreme scores: non-finite or numerically singular moments) in ``info`` instead of raising as LU
     # does. Those heads solve an identity system and fall back to the paper's fit below.

@@ -4,7 +4,7 @@ The C source computes the same weights as the torch kernel (``hybrid_attention._
 one pass over the scores, in place, and the order statistics the thresholds need. It is plain C (no torch headers),
 built on first use with the system C compiler in about a second, cached per machine by a hash of the source, the
 compiler, the flags and the CPU, and loaded with ctypes. Part of the self-contained model directory: no import of
-its siblings, no transformers.
+its siblings but the weight rule's constants (``hybrid_constants``), no transformers.
 
     native_library()       the loaded library, or None (one warning) where it cannot be built
     native_attention()     weights and output of a chunk of scores (the torch kernel's definition)
@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,13 +26,18 @@ from pathlib import Path
 
 import torch
 
+from .hybrid_constants import FP32_TINY, ROW_SCALE_CAP, WEIGHT_FLOOR
 
 # The native CPU kernel: `_block_attention`'s weights, row by row in one pass over the scores, written in place.
 # Plain C (no torch headers), so the system compiler builds it in well under a second; written with GCC/Clang
 # vector types (16 floats per operation, whatever the CPU's vector width) and split over torch's number of
 # threads with pthreads. Its `exp` (Cephes' single-precision polynomial, x <= 0 only) needs no library call.
 # Measured on the 2-core EPYC: 1.1 ns per score and thread (auto-vectorised scalar C took 7-12 ns).
-SOURCE = r"""
+SOURCE = f"""
+#define WEIGHT_FLOOR {WEIGHT_FLOOR!r}f
+#define ROW_SCALE_CAP {ROW_SCALE_CAP!r}f
+#define FP32_TINY {FP32_TINY!r}f
+""" + r"""
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -152,7 +158,7 @@ static inline __attribute__((always_inline)) vf strip_weights(vf x, float m, vf 
         q = tc * b1 - b2 + c[0];
     }
     q = q * scale;
-    return blend(t != tc, exp_nonpositive(x - m), vmax(q, splat(1e-30f)));
+    return blend(t != tc, exp_nonpositive(x - m), vmax(q, splat(WEIGHT_FLOOR)));
 }
 
 typedef struct {
@@ -190,7 +196,7 @@ static void weights_row(const void *args, long row) {
         memset(s, 0, (size_t)lk * sizeof *s);
         return;
     }
-    const float d = J->top[p] - m, scale = expf(d < 60.0f ? d : 60.0f);
+    const float d = J->top[p] - m, scale = expf(d < ROW_SCALE_CAP ? d : ROW_SCALE_CAP);
     const float *c = J->coef + p * (g + 1);
     const vf al = splat(J->alpha[p]), be = splat(J->beta[p]);
     vf acc = splat(0.0f);
@@ -215,7 +221,7 @@ static void weights_row(const void *args, long row) {
     }
     float sum = 0.0f;
     for (int i = 0; i < LANES; i++) sum += acc[i];
-    const float inv = 1.0f / (sum > 1.17549435e-38f ? sum : 1.17549435e-38f);
+    const float inv = 1.0f / (sum > FP32_TINY ? sum : FP32_TINY);
     for (long j = 0; j < lk; j++) s[j] *= inv; /* normalised rows: the product with V is the output */
 }
 
@@ -358,10 +364,11 @@ def native_error() -> str:
 
 def _load():
     """Build (once per machine, cached by a hash of the source, compiler, flags and CPU) and load the kernel."""
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    key = hashlib.sha256("\0".join((SOURCE, cc, *_FLAGS, _cpu_signature())).encode()).hexdigest()
+    cc = shlex.split(os.environ.get("CC", "")) or [next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "")]
+    if not cc[0] or shutil.which(cc[0]) is None:  # CC="ccache gcc" is a command line: its first word must exist
+        given = os.environ.get("CC")
+        raise RuntimeError(f"CC={given!r}: {cc[0]!r} is not found" if given else "no cc, gcc or clang on PATH")
+    key = hashlib.sha256("\0".join((SOURCE, *cc, *_FLAGS, _cpu_signature())).encode()).hexdigest()
     name = f"hybrid_weights_{key[:20]}.so"
     cached = next((d / name for d in _cache_directories() if (d / name).is_file()), None)
     lib = None
@@ -378,7 +385,7 @@ def _load():
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             source, built = Path(tmp) / "hybrid_weights.c", Path(tmp) / name
             source.write_text(SOURCE)
-            subprocess.run([cc, *_FLAGS, str(source), "-o", str(built), "-lm", "-lpthread"],
+            subprocess.run([*cc, *_FLAGS, str(source), "-o", str(built), "-lm", "-lpthread"],
                            check=True, capture_output=True, text=True, timeout=120)
             os.replace(built, directory / name)  # atomic: processes building at once never see half a file
         lib = ctypes.CDLL(str(directory / name))

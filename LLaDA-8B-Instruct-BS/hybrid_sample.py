@@ -13,9 +13,10 @@ self-contained model directory: torch only.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
+
+from .hybrid_fit import traced_cache
 
 MASKED_BIAS = -1e30
 """An additive float bias at or below this value masks its pair (covers ``-inf`` and ``torch.finfo(dtype).min``)."""
@@ -47,7 +48,7 @@ def valid_pairs(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask > -math.inf
 
 
-@lru_cache(maxsize=8)
+@traced_cache(maxsize=8)
 def _jitter(num_samples: int, device: torch.device) -> torch.Tensor:
     """Fixed uniform offsets in [0, 1): the sample is random-looking but identical on every call."""
     g = torch.Generator().manual_seed(20251001)
@@ -86,7 +87,7 @@ def sample_positions(
     return rows * lk + cols, take
 
 
-@lru_cache(maxsize=32)
+@traced_cache(maxsize=32)
 def _unmasked_positions(lq: int, lk: int, num_samples: int, device: torch.device) -> torch.Tensor:
     """Without a mask the sample depends on the shape alone: built once, kept compact (taken positions only)."""
     rows = torch.ones(1, lq, dtype=torch.bool, device="cpu")

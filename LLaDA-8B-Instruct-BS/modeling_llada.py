@@ -25,21 +25,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-try:  # remote code, or the support_basis.llada package: transformers copies the siblings named here
-    from .configuration_llada import LLaDAConfig
-    from .hybrid_attention import hybrid_attention
+from .configuration_llada import LLaDAConfig, warn_unknown_knobs
+from .hybrid_attention import hybrid_attention
 
-    # transformers 4.x copies only the direct relative imports of the module it loads, so the op's own siblings
-    # are named here too: a model directory then loads on 4.49 as on 5.x
-    from .hybrid_fit import HORNER_MAX_DEGREE  # noqa: F401
-    from .hybrid_native import native_library  # noqa: F401
-    from .hybrid_sample import SamplePlan  # noqa: F401
-    from .hybrid_triton import triton_attention  # noqa: F401
-except ImportError:  # the same file imported from the repository root (through its symlinks)
-    import importlib  # not a plain `from x import`: transformers 4.x would take `x` for a pip requirement
-
-    LLaDAConfig = importlib.import_module("configuration_llada").LLaDAConfig
-    hybrid_attention = importlib.import_module("hybrid_attention").hybrid_attention
+# transformers 4.x copies only the direct relative imports of the module it loads, so the op's own siblings are
+# named here too: a model directory then loads on 4.49 as on 5.x
+from .hybrid_constants import WEIGHT_FLOOR  # noqa: F401
+from .hybrid_fit import fit_chebyshev  # noqa: F401
+from .hybrid_native import native_library  # noqa: F401
+from .hybrid_sample import SamplePlan  # noqa: F401
+from .hybrid_triton import triton_attention  # noqa: F401
 
 __all__ = ["LLaDAModelLM", "LLaDAModel", "LLaDABlock", "LLaDAConfig"]
 
@@ -171,6 +166,12 @@ class LLaDAModel(nn.Module):
                 position_ids=None, output_hidden_states=False, logits_to_keep=None, past_key_values=None,
                 use_cache=False, cache_position=0):
         """``(logits, hidden states or None, cache or None)``; the arguments as ``LLaDAModelLM.forward``."""
+        if inputs_embeds is None and input_ids.device.type == "cpu":  # free there; on a GPU a check would sync
+            rows = self.transformer.wte.num_embeddings
+            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= rows):
+                bad = input_ids[(input_ids < 0) | (input_ids >= rows)][0]
+                raise ValueError(f"input_ids hold token id {int(bad)} outside the model's vocabulary [0, {rows}): "
+                                 "encode text with this model's tokenizer")
         x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.input_emb_norm:
             x = x * (self.config.d_model**0.5)
@@ -260,9 +261,17 @@ class LLaDAModelLM(PreTrainedModel):
     _supports_sdpa = True
 
     def __init__(self, config: LLaDAConfig, *args, **kwargs):
+        warn_unknown_knobs(kwargs, "LLaDAModelLM")  # from_pretrained(dir, hybrid_exact_raito=...) lands here
         super().__init__(config)
         self.model = LLaDAModel(config)
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        """Not transformers' autoregressive ``generate()``: LLaDA is a masked-diffusion model."""
+        raise NotImplementedError(
+            "LLaDA is a masked-diffusion model: transformers' left-to-right generate() does not apply. Use the "
+            "diffusion sampler: support_basis.sampling.generate(model, input_ids, attention_mask, steps=..., "
+            "gen_length=..., block_length=...) (or generate.py; LLaDA's own repository ships the same sampler)")
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -47,7 +47,7 @@ def decode_times(shared, ids, settings, compare: bool):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="checkpoints/llada-tiny", help="model directory (default: the shipped one)")
+    p.add_argument("--model", default="support_basis/checkpoints/llada-tiny", help="model directory (default: the shipped one)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (default 3; median reported)")
     add_kernel_flag(p)
     a = p.parse_args(argv)

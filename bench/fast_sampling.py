@@ -13,10 +13,16 @@ Parts:
   tokens, gen_length 256, block 32, batch 1; the baseline is today's sampler (no cache, fixed schedule, one token
   per step: steps = gen_length). A random model is never confident, so there the threshold and factor rules
   reveal one token per step (NFE = gen_length): its rows show the cache's share of the speed-up.
-- ``accuracy``: the trained tiny model (``--model-dir``, default ``checkpoints/llada-tiny``) on held-out synthetic
+- ``accuracy``: the trained tiny model (``--model-dir``, default ``support_basis/checkpoints/llada-tiny``) on held-out synthetic
   multiple-choice items (``scripts/make_synthetic_data.py``), through the evaluation loop of the runners
   (``support_basis.evaluation.runner``): accuracy, mean NFE, items/s and tokens/s per setting; there the
   threshold and factor rules do fire, so its rows show the share of parallel decoding.
+- ``streaming``: decoding only what matters on the trained tiny model (held-out items, gen 128 and 256): plain
+  (no cache, one token per step), Fast-dLLM (dual cache + threshold 0.9), each of early stop, the suffix window
+  (W = 32, tail 1), DPad's Gaussian dropout (W = 64) and the context-aware threshold (alpha 0.3) on top of it,
+  and early stop + window + alpha together: accuracy, mean NFE, tokens/s, speed-up over plain and Fast-dLLM.
+- ``pruned``: the random mid-size model at gen 512 and 1024: one full forward of the first block's sequence
+  against the pruned one (prompt, block, W = 32 and the last position), exact and hybrid.
 - ``errors``: the hybrid attention's relative error against exact attention for one block's query rows, per
   layer, with thresholds placed as without a cache (over the whole sequence's scores) and as with one (over the
   block's rows only), on the same keys/values.
@@ -164,7 +170,9 @@ def error_table(model, ids, start, block_length, label):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="all", choices=["all", "speed", "accuracy", "errors"])
+    p.add_argument("--part", default="all", choices=["all", "speed", "accuracy", "errors", "streaming", "pruned"])
+    p.add_argument("--gen-lengths", type=int, nargs="+", default=None,
+                   help="streaming part: answer lengths (default 128 256); pruned part: (default 512 1024)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: gen_length 64, prompt 32, exact attention and 2 rules for speed; 24 items")
     p.add_argument("--attentions", default=",".join(ATTENTIONS), help="speed part: subset of exact,hybrid")
@@ -174,8 +182,8 @@ def main(argv=None):
     p.add_argument("--gen-length", type=int, default=256)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--prompt-length", type=int, default=128, help="speed part: prompt tokens (default 128)")
-    p.add_argument("--model-dir", default=str(REPO / "checkpoints" / "llada-tiny"),
-                   help="accuracy part: the trained tiny model (default checkpoints/llada-tiny)")
+    p.add_argument("--model-dir", default=str(REPO / "support_basis" / "checkpoints" / "llada-tiny"),
+                   help="accuracy part: the trained tiny model (default support_basis/checkpoints/llada-tiny)")
     p.add_argument("--data", default=None,
                    help="accuracy part: held-out data dir (default: LIMIT/5 problems of each kind, written to a temp "
                    "dir with scripts/make_synthetic_data.py's seed 1234)")
@@ -224,7 +232,9 @@ def main(argv=None):
                 out["attention_error_mid"] = error_table(model, ids, start, a.block_length, "random mid-size model")
         del model
 
-    if a.part in ("all", "accuracy", "errors"):
+    if a.part == "pruned":
+        out["pruned"] = pruned_rows(device, a.gen_lengths or [512, 1024], a.block_length, a.prompt_length, a.kernel)
+    if a.part in ("all", "accuracy", "errors", "streaming"):
         model_dir = Path(a.model_dir)
         if not (model_dir / "config.json").is_file():
             print(f"## accuracy: skipped, {model_dir} does not exist yet (the trained tiny model; see issue 9)")
@@ -232,6 +242,91 @@ def main(argv=None):
         else:
             out.update(_trained_parts(a, model_dir, device))
     emit_json(out)
+
+
+STREAMING = {  # name -> generate() options (the runners' settings keys); steps = gen_length throughout
+    "plain": {},
+    "fast-dllm": {"cache": "dual", "threshold": 0.9},
+    "+early stop": {"cache": "dual", "threshold": 0.9, "early_stop": True},
+    "+window 32": {"cache": "dual", "threshold": 0.9, "suffix_window": 32},
+    "+dropout gauss 64": {"cache": "dual", "threshold": 0.9, "suffix_window": 64, "suffix_dropout": "gaussian"},
+    "+alpha 0.3": {"cache": "dual", "threshold": 0.9, "threshold_alpha": 0.3},
+    "all (stop+window+alpha)": {"cache": "dual", "threshold": 0.9, "early_stop": True, "suffix_window": 32,
+                                "threshold_alpha": 0.3},
+}
+
+
+def streaming_table(model, tokenizer, a, data) -> list[dict]:
+    """The streaming part: every STREAMING setting x attention x answer length through the runners' loop."""
+    from support_basis.evaluation.data import load_items
+    from support_basis.evaluation.records import RecordStore
+    from support_basis.evaluation.runner import evaluate
+    from support_basis.evaluation.tasks import get_task
+
+    task = get_task(a.task)
+    items = load_items(task, str(data), a.limit)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for gen_length in a.gen_lengths or [128, 256]:
+            for attention, ratio in ATTENTIONS.items():
+                model.config.hybrid_exact_ratio = ratio
+                base = {}
+                for name, options in STREAMING.items():
+                    settings = dict(task=task.name, model=str(model.name_or_path), exact_ratio=ratio,
+                                    chebyshev_degree=model.config.hybrid_chebyshev_degree, steps=gen_length,
+                                    gen_length=gen_length, block_length=a.block_length, temperature=0.0,
+                                    remasking="low_confidence", cfg_scale=0.0, dtype="float32", seed=0,
+                                    data=str(data), chat=True, limit=a.limit, batch_size=a.batch_size, **options)
+                    store = RecordStore(Path(tmp) / f"{gen_length}-{attention}-{name}".replace(" ", "_"), settings)
+                    s = evaluate(task, items, model, tokenizer, settings, store, batch_size=a.batch_size,
+                                 progress=False)
+                    row = dict(gen_length=gen_length, attention=attention, setting=name, accuracy=s["accuracy"],
+                               n=s["n"], nfe=s["mean_nfe"], tokens_per_s=s["items_per_s"] * gen_length)
+                    base.setdefault("plain", row)
+                    if name == "fast-dllm":
+                        base["fast"] = row
+                    row["x_plain"] = row["tokens_per_s"] / base["plain"]["tokens_per_s"]
+                    row["x_fast"] = row["tokens_per_s"] / base["fast"]["tokens_per_s"] if "fast" in base else None
+                    rows.append(row)
+                    print(f"  gen {gen_length} {attention:>13} {name:>24}: accuracy {100 * row['accuracy']:6.2f}  "
+                          f"NFE {row['nfe']:6.2f}  {row['tokens_per_s']:9.1f} tokens/s  x{row['x_plain']:.1f} plain",
+                          flush=True)
+    print_table(rows, [("gen_length", "gen", "d"), ("attention", "attention", "s"), ("setting", "setting", "s"),
+                       ("accuracy", "accuracy", ".4f"), ("nfe", "mean NFE", ".2f"),
+                       ("tokens_per_s", "tokens/s", ".1f"), ("x_plain", "x plain", ".1f"), ("x_fast", "x Fast-dLLM", ".2f")])
+    return rows
+
+
+def pruned_rows(device, gen_lengths, block_length, prompt_length, kernel, window=32, repeats=3) -> list[dict]:
+    """One forward of the first block's full sequence against the pruned one, on the random mid-size model."""
+    model = random_llada("mid", device, torch.float32, hybrid_kernel=kernel)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for gen_length in gen_lengths:
+        total = prompt_length + gen_length
+        ids = torch.randint(0, model.config.vocab_size - 1000, (1, total), generator=g).to(device)
+        end = prompt_length + block_length
+        keep = torch.cat([torch.arange(end + window), torch.tensor([total - 1])]).to(device)
+        for attention, ratio in ATTENTIONS.items():
+            model.config.hybrid_exact_ratio = ratio
+            times = {}
+            for name, (x, pos) in {"full": (ids, None), "pruned": (ids[:, keep], keep[None])}.items():
+                with torch.no_grad():
+                    model(x, position_ids=pos)  # warm
+                    best = math.inf
+                    for _ in range(repeats):
+                        t0 = time.perf_counter()
+                        model(x, position_ids=pos)
+                        best = min(best, time.perf_counter() - t0)
+                times[name] = best
+            rows.append(dict(gen_length=gen_length, attention=attention, full_tokens=total, pruned_tokens=len(keep),
+                             full_ms=1e3 * times["full"], pruned_ms=1e3 * times["pruned"],
+                             ratio=times["full"] / times["pruned"]))
+            print(f"  {rows[-1]}", flush=True)
+    print_table(rows, [("gen_length", "gen", "d"), ("attention", "attention", "s"), ("full_tokens", "full tokens", "d"),
+                       ("pruned_tokens", "pruned tokens", "d"), ("full_ms", "full ms", ".1f"),
+                       ("pruned_ms", "pruned ms", ".1f"), ("ratio", "full/pruned", ".2f")])
+    return rows
 
 
 def _mid_state(prompt, config, gen_length, block_length, g):
@@ -253,6 +348,8 @@ def _trained_parts(a, model_dir, device):
 
         write_heldout(data, n=max(1, a.limit // len(KINDS)), seed=1234)  # every kind alike (the file is by kind)
     with torch.no_grad():
+        if a.part == "streaming":
+            out["streaming"] = streaming_table(model, tokenizer, a, data)
         if a.part in ("all", "accuracy"):
             print(f"## accuracy: {model_dir} on {a.limit} held-out {a.task} items, batch {a.batch_size}, "
                   "steps = gen_length")

@@ -94,6 +94,7 @@ def main(argv=None):
                       ("tokens_per_s", "tokens/s", ".1f")])
     at = {r["L"]: r for r in op_rows}
     fused = next((k for k in kernels if ran[k].endswith("triton")), None)
+    static = static_rows(op_rows, fused, device) if fused is not None and not a.smoke else []
     targets = None if fused is None or a.smoke else {
         "triton_le_1p5x_sdpa_at_L_ge_4096": all(at[l][f"{fused}_ratio"] <= 1.5 for l in at if l >= 4096),
         "triton_lt_64mb_at_L_32768": (at[32768][f"{fused}_mb"] or 0) < 64 if 32768 in at else None,
@@ -101,7 +102,24 @@ def main(argv=None):
         if "eager" in kernels else None,
     }
     emit_json(dict(bench="gpu_check", device=name, machine=machine(), dtype=str(dtype), kernels=ran, op=op_rows,
-                   forward=fwd, generate=gen, targets=targets))
+                   forward=fwd, generate=gen, static=static, targets=targets))
+
+
+def static_rows(op_rows, fused: str, device) -> list[dict]:
+    """The static tool's ESTIMATE (hybrid / flash cycles per inner-loop iteration, compiled here for this device's
+    own architecture) beside the measured fused-kernel / SDPA time at each length: how far the estimate goes."""
+    from triton_static import measure
+
+    major, minor = torch.cuda.get_device_capability(device)
+    est = measure((major * 10 + minor, "bf16", 128, "none", 6, None))
+    rows = [dict(L=r["L"], measured=r[f"{fused}_ratio"], estimate=est.get("est_ratio"),
+                 registers=est.get("registers"), spill_bytes=est.get("spill_bytes")) for r in op_rows]
+    print(f"\n## the static estimate (sm_{major}{minor}, bf16, head dim 128, no mask, degree 6; "
+          f"tile {est.get('block_m')}x{est.get('block_n')} w{est.get('num_warps')} s{est.get('num_stages')}) beside "
+          "the measured fused kernel / SDPA")
+    print_table(rows, [("L", "L", "d"), ("measured", "measured /SDPA", ".2f"), ("estimate", "estimate /flash", ".2f"),
+                       ("registers", "regs", "d"), ("spill_bytes", "spill", "d")])
+    return rows
 
 
 if __name__ == "__main__":

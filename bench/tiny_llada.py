@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import REPO, emit_json, machine, print_table
 
-CKPT = REPO / "checkpoints" / "llada-tiny"
+CKPT = REPO / "support_basis" / "checkpoints" / "llada-tiny"
 
 
 def run_grid(out: Path, limit: int, ratios: str, degrees: str) -> dict:
@@ -38,14 +38,12 @@ def run_grid(out: Path, limit: int, ratios: str, degrees: str) -> dict:
 def free_form(configs: list[tuple[float, int]], n: int, data: Path) -> dict:
     """Exact match of free-form recall, per configuration (the model loaded once)."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from support_basis.loading import encode_prompts
+    from support_basis.loading import encode_prompts, load_model_and_tokenizer
     from support_basis.sampling import generate
 
     rows = [json.loads(x) for x in (data / "recall_free.jsonl").read_text().splitlines()[:n]]
-    model = AutoModel.from_pretrained(CKPT, trust_remote_code=True, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True)
+    model, tok = load_model_and_tokenizer(str(CKPT), "float32", "cpu")  # the package's code
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     out = {}
     for ratio, degree in configs:

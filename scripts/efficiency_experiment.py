@@ -172,6 +172,12 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
                      f"{eff.num_monomials(args.d, args.degree)} features; allowed: degree <= 4 and "
                      f"C(d + degree, degree) <= 200000")
     args.thresholds = sorted(set(args.thresholds))
+    largest = max([args.n, *args.n_sweep])
+    need, have = eff.memory_estimate(largest, args.d, args.dtype), eff.physical_memory()
+    if have and need > 0.8 * have:  # said now, not after the table of the smaller n (then killed for memory)
+        parser.error(f"n = {largest} (--n / --n-sweep) needs about {need / 2**30:.0f} GiB ({args.dtype} inputs and "
+                     f"outputs of every method at d = {args.d}); this machine has {have / 2**30:.0f} GiB: use a "
+                     "smaller n, or --dtype float32")
     return args
 
 

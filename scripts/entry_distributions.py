@@ -119,6 +119,9 @@ def main(argv=None) -> int:
             raise UserError("--images is for ViT models; text models read --texts FILE")
         from transformers import AutoTokenizer
 
+        from support_basis.llada import register_auto_classes
+
+        register_auto_classes()  # a LLaDA directory's config resolves to the package's class, no remote code
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         texts = es.load_texts(args.texts)
         max_tokens = args.max_tokens

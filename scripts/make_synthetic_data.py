@@ -11,7 +11,7 @@ per kind as MMLU's few-shot split, ``gsm8k``: the answer as a worked solution en
 (``{"id", "prompt", "answer"}``: the recall questions alone, for free-form exact match). Every problem is in the
 fixed held-out split that training never sees (``support_basis/synthetic/problems.py``). Deterministic.
 
-    python scripts/run_arc_challenge.py --model_name checkpoints/llada-tiny --data_path OUT --configs exact 0.2:6
+    python scripts/run_arc_challenge.py --model_name support_basis/checkpoints/llada-tiny --data_path OUT --configs exact 0.2:6
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Masked-diffusion SFT of a LLaDA(-BS) model directory: LLaDA's objective, seeded, resumable, atomic checkpoints.
 
-    # the shipped tiny model (checkpoints/llada-tiny), from scratch on the synthetic tasks, on a CPU:
+    # the shipped tiny model (support_basis/checkpoints/llada-tiny), from scratch on the synthetic tasks, on a CPU:
     python scripts/make_tiny_model.py /tmp/llada-tiny-init --tokenizer-corpus synthetic --vocab-size 2560 \\
         --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden-size 512 --max-sequence-length 512 --rope-theta 10000 \\
         --weight-tying
-    python scripts/train_llada.py --model /tmp/llada-tiny-init --out checkpoints/llada-tiny --link-code \\
+    python scripts/train_llada.py --model /tmp/llada-tiny-init --out support_basis/checkpoints/llada-tiny \\
         --steps 15000 --batch-size 32 --lr 1e-3 --eval-every 1000 --eval-n 16 --save-every 500 --threads 2
 
     # SFT of LLaDA-8B-Instruct-BS on a GPU, from a JSONL file of {"prompt", "response"} or {"messages"} rows:
@@ -39,7 +39,6 @@ from pathlib import Path
 
 from support_basis.errors import ArgumentParser, cli  # no torch import: --help is quick
 
-REPO = Path(__file__).resolve().parents[1]
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
@@ -77,9 +76,6 @@ def build_parser() -> ArgumentParser:
                    help="fp32 weights; fp32 weights with bf16 autocast (GPU); or bf16 weights (GPU, large models)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    p.add_argument("--link-code", action="store_true",
-                   help="the exported directory's remote code files are symlinks into this repository's "
-                   "LLaDA-8B-Instruct-BS/ (one source of truth; for checkpoints shipped in the repository)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state/state.pt")
     p.add_argument("--force", action="store_true",
                    help="let an existing --out that training did not write be replaced at the first save (its "
@@ -139,6 +135,10 @@ def check_args(p: ArgumentParser, a) -> None:
                 f"{', ...' if len(foreign) > 5 else ''}); give a new directory, or --force to let the first save "
                 "replace it")
     state = state_path(out)
+    finished = [n for n in ("model.safetensors", "model.safetensors.index.json") if (out / n).is_file()]
+    if finished and not a.resume and not a.force:  # a model from an earlier run (or the shipped one): never replaced
+        p.error(f"--out {a.out} holds a finished model ({finished[0]}) that this run did not start; give a new "
+                "directory, --resume to continue the run that wrote it, or --force to replace it")
     if a.resume and not state.is_file():
         p.error(f"--resume: no checkpoint at {state}; start without --resume")
     if not a.resume and state.is_file():
@@ -199,7 +199,12 @@ def _run(p: ArgumentParser, a) -> int:
     """The training run itself, under the lock on ``--out``."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from support_basis.llada import register_auto_classes
+    from support_basis.llada.configuration_llada import ConfigValueError
+    from support_basis.loading import load_weights
+    from support_basis.model_dir import load_config
 
     from support_basis.training.checkpoint import export_model, load_state, save_state
     from support_basis.training.data import DataError, Encoder, JsonlSource, SyntheticSource
@@ -219,7 +224,8 @@ def _run(p: ArgumentParser, a) -> int:
                     "resume with the same settings or start a new --out")
 
     try:  # the tokenizer and the data first: a bad data file is refused before the weights load
-        tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=True)
+        register_auto_classes()  # the tokenizer's config lookup finds the package's "llada"
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
     except (OSError, ValueError) as err:
         p.error(f"--model {a.model}: cannot be loaded ({str(err).splitlines()[0]})")
     encoder = Encoder(tokenizer)
@@ -230,12 +236,13 @@ def _run(p: ArgumentParser, a) -> int:
             source = SyntheticSource(encoder, a.seed, tuple(a.kinds.split(",")) if a.kinds else KINDS)
         else:
             source = JsonlSource(a.data, encoder, a.seed, a.min_response)
+            source.check_lengths(load_config(a.model).max_sequence_length)  # a row too long fails now, not mid-run
     except DataError as err:
         p.error(str(err))
     try:
-        model = AutoModel.from_pretrained(a.model, trust_remote_code=True,
-                                          dtype=torch.bfloat16 if a.precision == "bf16" else torch.float32)
-    except (OSError, ValueError) as err:
+        model = load_weights(a.model, load_config(a.model),
+                             torch.bfloat16 if a.precision == "bf16" else torch.float32)
+    except (OSError, ConfigValueError) as err:
         p.error(f"--model {a.model}: cannot be loaded ({str(err).splitlines()[0]})")
 
     ratio = model.config.hybrid_exact_ratio
@@ -265,7 +272,6 @@ def _run(p: ArgumentParser, a) -> int:
         model.config.hybrid_exact_ratio = ratio
         try:
             export_model(Path(a.out), model, tokenizer, Path(a.model),
-                         REPO / "LLaDA-8B-Instruct-BS" if a.link_code else Path(a.model), a.link_code,
                          {"training_log.jsonl": "".join(json.dumps(r) + "\n" for r in log),
                           "training_args.json": json.dumps(vars(a), indent=2, sort_keys=True) + "\n"})
         finally:

@@ -6,7 +6,8 @@ The standard every command line of this project follows (README, "Troubleshootin
 - an expected failure (bad flag, missing or corrupt file, wrong directory, no CUDA, ...) is ONE line on stderr,
   ``<program>: error: <message>``, naming the input, the value and what to do, with exit status 2, and leaves
   no partial output behind;
-- an unexpected exception is not caught: it keeps its traceback.
+- an unexpected exception is not caught: it keeps its traceback;
+- ``SUPPORT_BASIS_DEBUG=1`` prints the traceback behind a one-line error too.
 
 Code raises :class:`UserError` (or its subclasses) with a message worded for the person; :func:`cli` wraps a
 ``main(argv)`` so that such errors become that one line. :class:`ArgumentParser` makes argparse's own errors
@@ -22,12 +23,14 @@ import json
 import math
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 EXIT_USAGE = 2
 EXIT_PIPE = 128 + 13  # SIGPIPE
+EXIT_INTERRUPT = 128 + 2  # SIGINT
 
 
 class UserError(Exception):
@@ -39,6 +42,14 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+DEBUG_ENV = "SUPPORT_BASIS_DEBUG"
+"""Set to 1 to print the traceback behind every one-line error of a command line (the line still ends it)."""
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def fail(message: str, prog: str | None = None) -> NoReturn:
     """Print ``<prog>: error: <message>`` as one line on stderr and exit with status 2."""
     prog = prog or Path(sys.argv[0]).name or "python"
@@ -46,21 +57,38 @@ def fail(message: str, prog: str | None = None) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
-def cli(main: Callable | None = None, *, prog: str | None = None):
+def cli(main: Callable | None = None, *, prog: str | None = None, resumes: bool = True):
     """Decorate ``main(argv=None)``: a :class:`UserError` (subclasses included) becomes one line on stderr and
     exit status 2; every other exception propagates with its traceback. ``prog`` names the program in the line
-    (default: the script's file name)."""
+    (default: the script's file name); ``resumes=False`` for a command that keeps no finished work (a full disk is
+    then not said to resume). A closed standard output is one line before anything runs; one that cannot encode
+    a character (``PYTHONIOENCODING=ascii``) writes it as an escape."""
     if main is None:
-        return functools.partial(cli, prog=prog)
+        return functools.partial(cli, prog=prog, resumes=resumes)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        if sys.stdout is None:  # `command >&-`: nowhere to print the answers
+            fail("the standard output is closed (>&-); give it somewhere to write (a file, a pipe, or /dev/null)",
+                 prog)
+        if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+            sys.stdout.reconfigure(errors="backslashreplace")  # a non-ASCII answer never crashes the output
         try:
             result = main(*args, **kwargs)
             sys.stdout.flush()  # here, not at exit: a full disk behind stdout is then this line, not a traceback
             return result
         except UserError as err:
+            if debugging():  # the traceback behind the one line, for a developer chasing where it came from
+                _print_debug(err)
             fail(str(err), prog)
+        except KeyboardInterrupt:
+            # Ctrl-C: one line and the shell's status for SIGINT; records and checkpoints written so far stay (the
+            # runners and training resume from them)
+            if debugging():
+                traceback.print_exc()
+            print(f"{prog or Path(sys.argv[0]).name or 'python'}: interrupted (Ctrl-C); what was finished and "
+                  "written is kept", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INTERRUPT) from None
         except OSError as err:
             if err.errno == errno.EPIPE and err.filename is None:
                 _stdout_broken()  # points stdout at /dev/null, so the flush at exit stays quiet
@@ -69,12 +97,21 @@ def cli(main: Callable | None = None, *, prog: str | None = None):
                 raise SystemExit(EXIT_PIPE) from None
             if err.filename is None and _stdout_broken():
                 err.filename = "the standard output"
-            message = disk_message(err)
+            message = disk_message(err, resumes)
             if message is None:
                 raise
+            if debugging():
+                _print_debug(err)
             fail(message, prog)
 
     return wrapper
+
+
+def _print_debug(err: BaseException) -> None:
+    """The traceback of ``err`` and of the error it rewords (``raise ... from None`` hides that one otherwise)."""
+    if err.__context__ is not None and err.__suppress_context__:
+        traceback.print_exception(err.__context__)
+    traceback.print_exception(err)
 
 
 def _stdout_broken() -> bool:
@@ -93,7 +130,7 @@ _DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the 
                 errno.EPERM: "permission denied"}
 
 
-def disk_message(err: OSError) -> str | None:
+def disk_message(err: OSError, resumes: bool = True) -> str | None:
     """A full disk, a quota, a read-only file system or a permission refused while writing, as one line naming
     the file and what to do; ``None`` for any other ``OSError`` (a bug or a fault of its own: its traceback
     stays). Files already written stay: records are fsync-ed one by one and outputs are replaced atomically, so
@@ -102,8 +139,9 @@ def disk_message(err: OSError) -> str | None:
     if cause is None:
         return None
     where = err.filename or "its output (the standard output or a file it writes)"
-    return (f"cannot write {where}: {cause}; free space (or pass an output directory you can write) and run the "
-            "same command again: finished work is kept and resumed")
+    again = ("run the same command again: finished work is kept and resumed" if resumes
+             else "run the command again")
+    return f"cannot write {where}: {cause}; free space (or pass an output directory you can write) and {again}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

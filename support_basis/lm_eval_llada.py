@@ -73,6 +73,8 @@ the model argument wins)
 ``cache``             the fast sampler's key/value cache for generation: none (default) | prefix | dual
 ``threshold``         reveal every position with confidence >= threshold in (0, 1] per step (default: off)
 ``factor``            adaptive parallel decoding factor > 0 (default: off; excludes ``threshold``)
+``early_stop``, ``suffix_window``, ``suffix_tail``, ``suffix_dropout``, ``threshold_alpha``   decode only what
+                      matters (``support_basis.sampling.generate``; default: off)
 ``max_length``        longest sequence (default: the config's ``max_sequence_length``); longer contexts are cut
                       from the left, with a warning
 ``dtype``             auto (bfloat16 on CUDA, float32 otherwise) | float32 | bfloat16 | float16
@@ -89,11 +91,9 @@ the model directory's included, without loading anything (the wrapper calls it b
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,14 +107,22 @@ except ImportError as _err:  # lm-eval is an optional dependency of this project
     ) from _err
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import UserError, finite, parse_number, whole
 from .llada.configuration_llada import validate_chebyshev_degree, validate_exact_ratio, validate_kernel
-from .loading import left_pad
+from .loading import left_pad, load_tokenizer, load_weights
 from .model_dir import check_model_dir, load_config
-from .sampling import check_fast_sampling, check_schedule, generate, model_device
+from .likelihood import (  # noqa: F401  (re-exported: the estimator's functions, as before)
+    greedy_matches,
+    mc_loglikelihoods,
+    random_masks,
+    request_seed,
+    sample_continuation_masks,
+    stratified_mask_counts,
+)
+from .sampling import check_fast_sampling, check_schedule, check_streaming, generate
+from .suffix import SuffixRule
 
 logger = logging.getLogger(__name__)
 
@@ -123,176 +131,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # what users coming from LLaDA's eval_llada.py may type
 _ARG_HINTS = {"model_path": "pretrained", "cfg_scale": "cfg", "is_check_greedy": "check_greedy",
               "hybrid_exact_ratio": "exact_ratio", "hybrid_chebyshev_degree": "chebyshev_degree"}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The Monte Carlo estimator (pure functions; the LM class below wires them to lm-eval)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def request_seed(seed: int, context: Sequence[int], continuation: Sequence[int]) -> int:
-    """A 63-bit seed for one request: a hash of ``seed`` and both token sequences (independent of batching)."""
-    h = hashlib.sha256(struct.pack("<qqq", int(seed), len(context), len(continuation)))
-    h.update(torch.tensor(list(context) + list(continuation), dtype=torch.int64).numpy().tobytes())
-    return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
-
-
-def stratified_mask_counts(length: int, num: int, group: int, generator: torch.Generator) -> torch.Tensor:
-    """How many of ``length`` continuation tokens each of ``num`` samples masks: ``(num,)`` int64 in [1, length].
-
-    Samples come in ``num // group`` groups; a group draws one offset ``u`` uniform in ``{0, ..., length - 1}``
-    and its ``i``-th sample masks ``1 + (u + round(i * length / group)) mod length`` tokens, so the group's masking
-    ratios cover ``(0, 1]`` evenly (each count is uniform on ``1..length``: the estimator stays unbiased).
-    """
-    if num % group:
-        raise ValueError(f"num ({num}) must be a multiple of group ({group})")
-    offsets = torch.randint(0, length, (num // group, 1), generator=generator)
-    spread = torch.floor(torch.arange(group, dtype=torch.float64) * length / group + 0.5).long()
-    return (1 + (offsets + spread) % length).reshape(-1)
-
-
-def random_masks(counts: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
-    """``(num, length)`` bool: row ``i`` has exactly ``counts[i]`` True entries at uniformly random positions."""
-    noise = torch.rand(counts.shape[0], length, generator=generator)
-    ranks = noise.argsort(dim=-1).argsort(dim=-1)
-    return ranks < counts[:, None]
-
-
-def sample_continuation_masks(length: int, num: int, group: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One request's Monte Carlo draws: counts ``(num,)`` and masks ``(num, length)`` from a generator seeded
-    with ``seed`` (CPU, so the same on every device). A one-token continuation gets a single sample."""
-    if length == 1:
-        return torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
-    generator = torch.Generator().manual_seed(seed)
-    counts = stratified_mask_counts(length, num, group, generator)
-    return counts, random_masks(counts, length, generator)
-
-
-@torch.no_grad()
-def mc_loglikelihoods(
-    model,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    mask_id: int,
-    pad_id: int,
-    mc_num: int = 128,
-    mc_batch_size: int = 32,
-    cfg: float = 0.0,
-    batch_size: int = 32,
-    seed: int = 1234,
-    progress: bool = False,
-) -> list[float]:
-    """Monte Carlo log-likelihoods ``log p(continuation | context)`` of token pairs, batched across pairs.
-
-    ``pairs``: ``(context_ids, continuation_ids)``; continuations non-empty, ``context + continuation`` no longer
-    than the model accepts. Returns one float per pair, in order. ``mc_num`` samples per pair (one for a
-    one-token continuation), drawn by :func:`sample_continuation_masks` with :func:`request_seed`; ``batch_size``
-    samples per forward (rows of several pairs share a forward); ``pad_id`` pads (never ``mask_id``). Rows are
-    left-padded, so every continuation ends at the right edge and ``logits_to_keep`` = the longest continuation
-    of the batch limits the output projection to ``(rows, T_max, vocab)``.
-    """
-    if pad_id == mask_id:
-        raise ValueError(f"pad_id must differ from the mask token id ({mask_id})")
-    device = model_device(model)
-    keys = [(tuple(int(t) for t in c), tuple(int(t) for t in y)) for c, y in pairs]
-    unique = list(dict.fromkeys(keys))  # identical requests are scored once
-    if not unique:
-        return []
-    if any(len(y) == 0 for _, y in unique):
-        raise ValueError("a continuation is empty: there is nothing to score")
-    ctx_len = torch.tensor([len(c) for c, _ in unique])
-    cont_len = torch.tensor([len(y) for _, y in unique])
-    total_len = ctx_len + cont_len
-    n_samples = torch.where(cont_len == 1, 1, mc_num)
-    order = sorted(range(len(unique)), key=lambda r: (-int(total_len[r]), r))  # longest first: OOM shows early
-    order_t = torch.tensor(order)
-    row_req = order_t.repeat_interleave(n_samples[order_t])  # (rows,) request of each row, contiguous per request
-    first_row = torch.zeros(len(unique), dtype=torch.long)
-    first_row[order_t] = torch.cumsum(n_samples[order_t], 0) - n_samples[order_t]
-    n_rows = int(row_req.shape[0])
-
-    loss_sum = torch.zeros(len(unique), dtype=torch.float64)  # on the CPU (float64 everywhere, MPS included)
-    draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    starts = range(0, n_rows, batch_size)
-    for start in tqdm(starts, desc="llada_bs loglikelihood", disable=not progress, total=len(starts)):
-        stop = min(start + batch_size, n_rows)
-        reqs, counts_in_batch = torch.unique_consecutive(row_req[start:stop], return_counts=True)
-        b = stop - start
-        width, t_max = int(total_len[reqs].max()), int(cont_len[reqs].max())
-        tokens = torch.full((b, width), pad_id, dtype=torch.long)
-        valid = torch.zeros(b, width, dtype=torch.bool)
-        masked = torch.zeros(b, t_max, dtype=torch.bool)
-        weight = torch.empty(b, dtype=torch.float64)  # T / k of each row
-        row_t = torch.empty(b, dtype=torch.long)  # continuation length of each row
-        offset = 0
-        for r, m in zip(reqs.tolist(), counts_in_batch.tolist()):  # one iteration per request in the batch
-            ctx, cont = unique[r]
-            length, t = len(ctx) + len(cont), len(cont)
-            if r not in draws:
-                n = int(n_samples[r])
-                draws[r] = sample_continuation_masks(t, n, min(mc_batch_size, n), request_seed(seed, ctx, cont))
-            counts, masks = draws[r]
-            j0 = start + offset - int(first_row[r])  # this request's first sample in the batch
-            tokens[offset : offset + m, width - length :] = torch.tensor(ctx + cont)
-            valid[offset : offset + m, width - length :] = True
-            masked[offset : offset + m, t_max - t :] = masks[j0 : j0 + m]
-            weight[offset : offset + m] = t / counts[j0 : j0 + m].double()
-            row_t[offset : offset + m] = t
-            if j0 + m == masks.shape[0]:
-                del draws[r]
-            offset += m
-        tokens, valid, masked, row_t = (x.to(device) for x in (tokens, valid, masked, row_t))
-        targets = tokens[:, width - t_max :]
-        noisy = tokens.clone()
-        noisy[:, width - t_max :] = targets.masked_fill(masked, mask_id)
-        if cfg > 0:  # unconditional copy: every context token masked too
-            in_cont = torch.arange(width, device=device)[None, :] >= width - row_t[:, None]
-            unconditional = noisy.masked_fill(valid & ~in_cont, mask_id)
-            logits = model(torch.cat([noisy, unconditional]), attention_mask=torch.cat([valid, valid]).long(),
-                           logits_to_keep=t_max).logits
-            cond, uncond = (half[masked].float() for half in logits.chunk(2))  # (masked tokens, vocab) each
-            scores = uncond + (cfg + 1) * (cond - uncond)
-        else:
-            scores = model(noisy, attention_mask=valid.long(), logits_to_keep=t_max).logits[masked].float()
-        rows, _ = masked.nonzero(as_tuple=True)
-        nll = F.cross_entropy(scores, targets[masked], reduction="none")  # (masked tokens,)
-        row_loss = torch.zeros(b, dtype=nll.dtype, device=device).index_add_(0, rows, nll)
-        loss_sum.index_add_(0, row_req[start:stop], row_loss.cpu().double() * weight)
-    estimates = (-loss_sum / n_samples.double()).tolist()
-    index = {key: i for i, key in enumerate(unique)}
-    return [estimates[index[key]] for key in keys]
-
-
-@torch.no_grad()
-def greedy_matches(
-    model,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    mask_id: int,
-    pad_id: int,
-    cfg: float = 0.0,
-    batch_size: int = 32,
-    progress: bool = False,
-) -> list[bool]:
-    """Whether greedy low-confidence decoding of ``len(continuation)`` masks after the context (one token per
-    step, ``T`` steps, :func:`generate.generate`) yields exactly the continuation. Batched over pairs with equal
-    continuation length. An empty context is given the pad token as its one prompt token."""
-    device = model_device(model)
-    out = [False] * len(pairs)
-    by_len: dict[int, list[int]] = {}
-    for i, (_, cont) in enumerate(pairs):
-        by_len.setdefault(len(cont), []).append(i)
-    batches = [(t, idx[s : s + batch_size]) for t, idx in sorted(by_len.items())
-               for s in range(0, len(idx), batch_size)]
-    for t, idx in tqdm(batches, desc="llada_bs is_greedy", disable=not progress):
-        prompts = [list(pairs[i][0]) or [pad_id] for i in idx]
-        ids, mask = left_pad(prompts, pad_id)
-        x = generate(model, ids.to(device), mask.to(device), steps=t, gen_length=t, block_length=t, cfg_scale=cfg,
-                     mask_id=mask_id)
-        target = torch.tensor([list(pairs[i][1]) for i in idx], device=device)
-        for i, ok in zip(idx, (x[:, -t:] == target).all(-1).tolist()):
-            out[i] = bool(ok)
-    return out
 
 
 def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
@@ -326,6 +164,16 @@ def _as_int(name: str, value, minimum: int = 1) -> int:
 
 def _as_float(name: str, value, minimum: float = 0.0) -> float:
     return _arg(finite, value, name, minimum)
+
+
+def _streaming_args(early_stop, window, tail, dropout, alpha, threshold, gen_length, block_length) -> dict:
+    """The sampler's early-stop, pruned-suffix and context-aware-threshold arguments, parsed and checked."""
+    rule = SuffixRule(None if window is None else _as_int("suffix_window", window, minimum=0),
+                      None if tail is None else _as_int("suffix_tail", tail, minimum=0), dropout)
+    alpha = None if alpha is None else parse_number(alpha)
+    _arg(check_streaming, rule, gen_length, block_length, threshold, alpha)
+    return dict(early_stop=_as_bool("early_stop", early_stop), suffix_window=rule.window, suffix_tail=rule.tail,
+                suffix_dropout=rule.dropout, threshold_alpha=alpha)
 
 
 def _as_bool(name: str, value) -> bool:
@@ -365,6 +213,11 @@ class LLaDABSEvalHarness(LM):
         cache: str = "none",
         threshold: float | None = None,
         factor: float | None = None,
+        early_stop: bool = False,
+        suffix_window: int | None = None,
+        suffix_tail: int | None = None,
+        suffix_dropout: str | None = None,
+        threshold_alpha: float | None = None,
         max_length: int | None = None,
         dtype: str = "auto",
         device: str | None = "auto",
@@ -393,17 +246,10 @@ class LLaDABSEvalHarness(LM):
             raise ModelArgError(f"mc_num ({self.mc_num}) must be a multiple of mc_batch_size ({self.mc_batch_size})")
         self.cfg = _as_float("cfg", cfg)
         self.check_greedy = _as_bool("check_greedy", check_greedy)
-        self.steps, self.gen_length, self.block_length = (
-            _as_int("steps", steps), _as_int("gen_length", gen_length), _as_int("block_length", block_length))
-        self.temperature = _as_float("temperature", temperature)
-        self.remasking = remasking
-        _arg(check_schedule, self.steps, self.gen_length, self.block_length, remasking, self.temperature, self.cfg)
-        self.logits_eos_inf = _as_bool("logits_eos_inf", logits_eos_inf)
-        self.confidence_eos_eot_inf = _as_bool("confidence_eos_eot_inf", confidence_eos_eot_inf)
-        self.cache_mode = cache
-        self.threshold = None if threshold is None else parse_number(threshold)  # checked just below
-        self.factor = None if factor is None else parse_number(factor)
-        _arg(check_fast_sampling, self.cache_mode, self.threshold, self.factor, remasking)
+        self._sampler_args(steps, gen_length, block_length, temperature, remasking, logits_eos_inf,
+                           confidence_eos_eot_inf, cache, threshold, factor)
+        self.streaming = _streaming_args(early_stop, suffix_window, suffix_tail, suffix_dropout, threshold_alpha,
+                                         self.threshold, self.gen_length, self.block_length)
         if dtype not in ("auto", *DTYPES):
             raise ModelArgError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
         self.seed = _as_int("seed", seed, minimum=0)
@@ -417,39 +263,16 @@ class LLaDABSEvalHarness(LM):
             _arg(_pick_device, device)
             return
 
-        self.accelerator = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun with several processes
-            from accelerate import Accelerator
-
-            from .process_group import import_before_joining
-
-            import_before_joining()  # before the group exists (see support_basis/process_group.py)
-            on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
-            self.accelerator = Accelerator(cpu=on_cpu)  # cpu=True: gloo process group (else: no group on CPU)
-            if self.accelerator.num_processes < 2:
-                raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate found a single process")
-            self._rank = self.accelerator.process_index
-            self._world_size = self.accelerator.num_processes
-            self._device = self.accelerator.device
-        else:
-            self._device = _pick_device(device)
-
+        self._join_processes(device)
         self.pretrained = str(pretrained)
         self.model, self.tokenizer = self._load(self.pretrained, dtype)
         config = self.model.config
-        self.mask_id = int(config.mask_token_id)
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else getattr(config, "pad_token_id", None)
-        pad = pad if pad is not None else config.eos_token_id
-        if pad == self.mask_id:
-            raise ValueError(f"the tokenizer pads with the mask token ({self.mask_id}); set another pad token")
-        self.pad_id = int(pad)
-        vocab = self.tokenizer.get_vocab()
-        self.eot_id = vocab.get("<|eot_id|>")
-        self.stop_ids = sorted({i for i in (config.eos_token_id, self.tokenizer.eos_token_id, self.eot_id)
-                                if i is not None})
+        self._token_ids(config)
         self.max_length = self._max_length_arg or int(getattr(config, "max_sequence_length", 4096))
         self._warned: set[str] = set()
+        self._log_start(config)
+
+    def _log_start(self, config) -> None:
         if self.batch_size == 1 and self.mc_num > 1 and self.rank == 0:
             logger.warning("%s: batch_size=1 runs one Monte Carlo sample per forward (lm-eval's default); pass "
                            "--batch_size 32 or more for speed (the estimates do not depend on it)", MODEL_NAME)
@@ -481,10 +304,56 @@ class LLaDABSEvalHarness(LM):
 
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
-    def _load(self, name: str, dtype: str):
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
+    def _sampler_args(self, steps, gen_length, block_length, temperature, remasking, logits_eos_inf,
+                      confidence_eos_eot_inf, cache, threshold, factor) -> None:
+        """The generation sampler's model arguments, parsed and checked (``ModelArgError`` naming the argument)."""
+        self.steps, self.gen_length, self.block_length = (
+            _as_int("steps", steps), _as_int("gen_length", gen_length), _as_int("block_length", block_length))
+        self.temperature = _as_float("temperature", temperature)
+        self.remasking = remasking
+        _arg(check_schedule, self.steps, self.gen_length, self.block_length, remasking, self.temperature, self.cfg)
+        self.logits_eos_inf = _as_bool("logits_eos_inf", logits_eos_inf)
+        self.confidence_eos_eot_inf = _as_bool("confidence_eos_eot_inf", confidence_eos_eot_inf)
+        self.cache_mode = cache
+        self.threshold = None if threshold is None else parse_number(threshold)  # checked just below
+        self.factor = None if factor is None else parse_number(factor)
+        _arg(check_fast_sampling, self.cache_mode, self.threshold, self.factor, remasking)
 
+    def _join_processes(self, device) -> None:
+        """Under ``accelerate launch`` / torchrun with several processes, join their group (rank, world size, this
+        process's device); alone, pick ``device``."""
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun with several processes
+            from accelerate import Accelerator
+
+            from .process_group import import_before_joining
+
+            import_before_joining()  # before the group exists (see support_basis/process_group.py)
+            on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
+            self.accelerator = Accelerator(cpu=on_cpu)  # cpu=True: gloo process group (else: no group on CPU)
+            if self.accelerator.num_processes < 2:
+                raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate found a single process")
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            self._device = self.accelerator.device
+        else:
+            self._device = _pick_device(device)
+
+    def _token_ids(self, config) -> None:
+        """The mask, padding, EoT and stop ids of the loaded model and tokenizer."""
+        self.mask_id = int(config.mask_token_id)
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else getattr(config, "pad_token_id", None)
+        pad = pad if pad is not None else config.eos_token_id
+        if pad == self.mask_id:
+            raise ValueError(f"the tokenizer pads with the mask token ({self.mask_id}); set another pad token")
+        self.pad_id = int(pad)
+        vocab = self.tokenizer.get_vocab()
+        self.eot_id = vocab.get("<|eot_id|>")
+        self.stop_ids = sorted({i for i in (config.eos_token_id, self.tokenizer.eos_token_id, self.eot_id)
+                                if i is not None})
+
+    def _load(self, name: str, dtype: str):
         check_model_dir(name, "pretrained=")  # a LLaDA-BS directory with complete files (UserError otherwise)
         config = load_config(name, "pretrained=", hybrid_exact_ratio=self.exact_ratio,
                              hybrid_chebyshev_degree=self.chebyshev_degree, hybrid_kernel=self.kernel)
@@ -492,11 +361,10 @@ class LLaDABSEvalHarness(LM):
             raise UserError(f"pretrained={name} is not a LLaDA-BS model (its config has no hybrid_exact_ratio); "
                             "prepare one with scripts/prepare_model.py")
         if getattr(config, "mask_token_id", None) is None:
-            raise ValueError(f"{name!r}: the config has no mask_token_id")
+            raise UserError(f"pretrained={name}: the config has no mask_token_id")
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if self._device.type == "cuda" else torch.float32)
-        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, **{dtype_kw: torch_dtype})
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        model = load_weights(name, config, torch_dtype, "pretrained=")  # the package's code, not the directory's
+        tokenizer = load_tokenizer(name, "pretrained=")
         return model.to(self._device).eval().requires_grad_(False), tokenizer
 
     # ---- distributed primitives used by lm-eval's evaluator --------------------------------------------------
@@ -600,11 +468,12 @@ class LLaDABSEvalHarness(LM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """One answer per ``Instance`` with ``args = (context, gen_kwargs)``: LLaDA's sampler with the model
         arguments' settings, cut at EOS / ``<|eot_id|>`` and at the first of ``gen_kwargs["until"]``."""
+        if self.gen_length >= self.max_length:  # no room for a prompt (multiple-choice tasks never get here)
+            raise ModelArgError(f"gen_length={self.gen_length} leaves no room for a prompt in the model's "
+                                f"{self.max_length} positions (max_length / max_sequence_length); pass a smaller "
+                                "gen_length (and block_length, steps) in --model_args")
         if not requests:
             return []
-        if self.gen_length >= self.max_length:
-            raise ValueError(f"gen_length ({self.gen_length}) leaves no room for a prompt within max_length "
-                             f"({self.max_length}); lower gen_length")
         prompts, stops = [], []
         for req in requests:
             context, gen_kwargs = req.args
@@ -634,7 +503,7 @@ class LLaDABSEvalHarness(LM):
                            cfg_scale=self.cfg, remasking=self.remasking, mask_id=self.mask_id,
                            eot_token_id=self.eot_id, logits_eos_inf=self.logits_eos_inf,
                            confidence_eos_eot_inf=self.confidence_eos_eot_inf, generator=generator,
-                           cache=self.cache_mode, threshold=self.threshold, factor=self.factor)
+                           cache=self.cache_mode, threshold=self.threshold, factor=self.factor, **self.streaming)
             gen = out[:, ids.shape[1] :]
             is_stop = torch.isin(gen, stop_ids)
             ends = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), gen.shape[1]).tolist()

@@ -1,5 +1,8 @@
 """Loading a LLaDA-BS model and its tokenizer, and turning prompts into left-padded token batches.
 
+The code that runs is this package's (``support_basis.llada``): the weights of any directory load into its
+``LLaDAModelLM`` (:func:`load_weights`), never into a directory's copied ``modeling_llada.py``.
+
 Shared by the command lines, the evaluation runners, lm-eval's backend, the demo and the benchmarks; every
 expected failure is a :class:`support_basis.errors.UserError` naming the input and the fix.
 """
@@ -11,10 +14,13 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .model_dir import check_device, check_model_dir, load_config
+from .llada import register_auto_classes
+from .code_identity import report_code
+from .model_dir import check_device, check_model_dir, is_hub_id, load_config
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "llada-tiny"
-"""The embedded default model: the tiny LLaDA trained on this project's synthetic tasks, shipped in the repository."""
+DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "llada-tiny"
+"""The embedded default model: the tiny LLaDA trained on this project's synthetic tasks, shipped as package data
+(it travels with ``pip install .``)."""
 
 
 def load_tokenizer(name: str, flag: str = "--model"):
@@ -23,8 +29,9 @@ def load_tokenizer(name: str, flag: str = "--model"):
     from transformers import AutoTokenizer
 
     check_model_dir(name, flag)
+    register_auto_classes()  # the tokenizer's config lookup finds "llada" here, not in the directory's remote code
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise UserError(f"{flag} {name}: cannot load its tokenizer ({err})") from None
 
@@ -36,18 +43,30 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
     ``config_overrides`` (e.g. ``hybrid_exact_ratio=0.2``; ``None`` values are skipped) are set on the config
     before the weights load. Every expected failure is a :class:`support_basis.errors.UserError` naming the input
     and the fix."""
-    from transformers import AutoModel
-
     check_model_dir(name, flag)
     device = check_device(device)
     config = load_config(name, flag, **config_overrides)
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = load_weights(name, config, torch_dtype, flag)
+    return model.to(device).eval(), tokenizer if tokenizer is not None else load_tokenizer(name, flag)
+
+
+def load_weights(name: str, config, torch_dtype: torch.dtype, flag: str = "--model"):
+    """This package's ``LLaDAModelLM`` with the weights of ``name`` (a directory or hub id) and ``config``: the one
+    place every entry point builds the model, so the code that runs is the package's, never a directory's copy."""
+    import transformers
+
+    from .llada.modeling_llada import LLaDAModelLM
+
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
-        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=True, dtype=torch_dtype)
+        model = LLaDAModelLM.from_pretrained(name, config=config, **{dtype_kw: torch_dtype})
     except OSError as err:
         raise UserError(f"{flag} {name}: cannot load it ({err})") from None
-    return model.to(device).eval(), tokenizer if tokenizer is not None else load_tokenizer(name, flag)
+    if not is_hub_id(name):  # every check has passed: a stale or unchecked copy of the code is said, once
+        report_code(Path(name).expanduser())
+    return model
 
 
 def tokenize_prompts(tokenizer, prompts: list, chat: bool) -> list[list[int]]:

@@ -4,7 +4,7 @@
 file, not a missing path) with a readable ``config.json``; for LLaDA-BS, this project's remote code (an official
 checkpoint without it is told to run ``scripts/prepare_model.py``); weights whose every safetensors file has a
 complete header and exactly the size the header describes (a truncated download names the file); a tokenizer.
-:func:`load_config` then builds the config with the directory's own code, so a bad ``hybrid_*`` value in
+:func:`load_config` then builds the config with this package's code, so a bad ``hybrid_*`` value in
 ``config.json`` is one line naming the file. :func:`check_weights` is shared with ``prepare_model.py``, which also
 needs each shard's tensor names to equal the index's. Only ``load_config`` and ``check_device`` import torch /
 transformers; the rest reads files.
@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .errors import UserError, read_json_object
 
-from .llada import CODE_FILES  # noqa: E402  (the one list)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _MAX_HEADER = 100 << 20  # safetensors refuses headers above 100 MB
 MAKE_HINT = ("build the tiny smoke model with `python scripts/make_tiny_model.py DIR`, or prepare the official "
@@ -139,10 +138,6 @@ def _check_llada_layout(name: str, path: Path, cfg: dict, flag: str) -> None:
     if not isinstance(auto_map, dict) or "AutoModel" not in auto_map:
         raise UserError(f"{_named(flag, name)} is not a LLaDA-BS model: an official LLaDA checkpoint without this "
                         f"project's model code (config.json has no auto_map); {prepare}")
-    missing = [f for f in CODE_FILES if not (path / f).is_file()]
-    if missing:
-        raise UserError(f"{_named(flag, name)} is not a LLaDA-BS model: it lacks the model code files "
-                        f"{', '.join(missing)}; {prepare}")
     if "rope_theta" not in cfg:  # the class default (500000) would silently run a model trained with another base
         raise UserError(f"{path / 'config.json'} has no rope_theta: add the RoPE base the model was trained with "
                         "(LLaDA-8B: 500000; the shipped tiny LLaDA: 10000)")
@@ -153,14 +148,15 @@ def _check_llada_layout(name: str, path: Path, cfg: dict, flag: str) -> None:
 
 
 def load_config(name: str, flag: str = "--model", **overrides):
-    """The directory's config object, built by its own code (``trust_remote_code``), with ``overrides`` set;
-    a value the config rejects (e.g. ``hybrid_exact_ratio: 1.5`` in config.json) is a :class:`UserError`."""
-    from transformers import AutoConfig
+    """The directory's config object, built by this package's ``LLaDAConfig`` (never the directory's copy of it),
+    with ``overrides`` set (``None`` values skipped). A value the config rejects (e.g. ``hybrid_exact_ratio: 1.5``
+    in config.json, or an override) is a :class:`UserError` naming it; any other error keeps its traceback."""
+    from .llada.configuration_llada import ConfigValueError, LLaDAConfig
 
     where = name if is_hub_id(name) else f"{Path(name).expanduser() / 'config.json'}"
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
-    except ValueError as err:
+        config = LLaDAConfig.from_pretrained(name)
+    except ConfigValueError as err:
         raise UserError(f"{where}: {err}; fix that value in the file") from None
     except OSError as err:
         raise UserError(f"{_named(flag, name)}: cannot load it ({err}); check the name, or download it and pass the "
@@ -169,7 +165,7 @@ def load_config(name: str, flag: str = "--model", **overrides):
         if value is not None:
             try:
                 setattr(config, key, value)
-            except ValueError as err:
+            except ConfigValueError as err:
                 raise UserError(str(err)) from None
     return config
 

@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError, check_output_dir, read_json_object
-from .llada import CODE_FILES, MODEL_DIR
+from .code_identity import write_code
+from .llada import MODEL_CARD
+from .llada.configuration_llada import HYBRID_VALIDATORS
 from .model_dir import check_weights, expected_tensors
 
 TOKENIZER_FILES = (
@@ -174,12 +176,14 @@ def _assemble(out: Path, cfg: dict, weights, tokenizer, copy: bool, exact_ratio:
         architectures=["LLaDAModelLM"],
     )
     cfg.setdefault("torch_dtype", "bfloat16")
+    from .llada.configuration_llada import LLaDAConfig
+
+    defaults = LLaDAConfig()  # every knob in the file, at its default where the source has none
+    for knob in HYBRID_VALIDATORS:
+        cfg.setdefault(knob, getattr(defaults, knob))
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for name in CODE_FILES + ("README.md",):
-        target = out / name
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        shutil.copyfile(MODEL_DIR / name, target)
+    write_code(out)  # copies of the package's code, for trust_remote_code users, with their digest
+    shutil.copyfile(MODEL_CARD, out / "README.md")
 
 
 def _place(src: Path, dst: Path, copy: bool):

@@ -12,8 +12,8 @@ from functools import lru_cache
 import torch
 
 from .llada.configuration_llada import DEFAULT_EXACT_SPLIT, DEFAULT_FIT
-from .llada.hybrid_attention import _ROW_SCALE_CAP, _WEIGHT_FLOOR, MASKED_BIAS, _interval
-from .llada.hybrid_fit import _FIT_PRIOR
+from .llada.hybrid_constants import FIT_PRIOR, INTERVAL_MIN_HALF, INTERVAL_PAD, ROW_SCALE_CAP, WEIGHT_FLOOR
+from .llada.hybrid_sample import MASKED_BIAS
 
 __all__ = ["hybrid_attention_reference", "reference_chebfit_exp", "reference_empirical_fit", "chebval"]
 
@@ -70,8 +70,9 @@ def hybrid_attention_reference(
                     k_lo = math.floor((1 - exact_split) * exact_ratio * n)
                     k_hi = math.floor(exact_split * exact_ratio * n)
                     lo, hi = float(srt[k_lo]), float(srt[n - 1 - k_hi])
-                bounds = torch.tensor([lo, hi], dtype=torch.float64)
-                mid, half = (float(x) for x in _interval(bounds[0], bounds[1]))
+                # the interval [lo, hi], its half-width padded so rounding never pushes an endpoint out of it
+                mid = 0.5 * (lo + hi)
+                half = max(0.5 * (hi - lo) * (1.0 + INTERVAL_PAD), INTERVAL_MIN_HALF * max(1.0, abs(mid)))
                 approx = ok & ((sv - mid).abs() <= half)
                 exact = ok & ~approx
                 coeffs = reference_chebfit_exp(mid - half, mid + half, chebyshev_degree)
@@ -82,8 +83,8 @@ def hybrid_attention_reference(
                 row_max = torch.where(ok, sv, torch.full_like(sv, -math.inf)).amax(-1, keepdim=True)
                 row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
                 # any per-row shift cancels in the normalisation; the row max keeps every weight finite
-                scale_row = torch.exp(torch.clamp(mid + half - row_max, max=_ROW_SCALE_CAP))
-                pe = torch.clamp(p * scale_row, min=_WEIGHT_FLOOR)
+                scale_row = torch.exp(torch.clamp(mid + half - row_max, max=ROW_SCALE_CAP))
+                pe = torch.clamp(p * scale_row, min=WEIGHT_FLOOR)
                 w = torch.where(exact, torch.exp(sv - row_max), torch.where(approx, pe, torch.zeros(())))
             rows = w.sum(-1, keepdim=True)
             out[bi, hi_] = torch.where(rows > 0, (w @ v[bi, hi_]) / rows.clamp_min(1e-300), torch.zeros(()))
@@ -105,8 +106,8 @@ def reference_empirical_fit(t: torch.Tensor, half: float, uniform: torch.Tensor)
     n = max(1, t.numel())
     norms = torch.full((degree + 1,), 0.5, dtype=torch.float64)
     norms[0] = 1.0
-    gram = basis.T @ basis / n + torch.diag(_FIT_PRIOR * norms)
-    rhs = basis.T @ torch.exp(half * (t - 1.0)) / n + _FIT_PRIOR * norms * uniform
+    gram = basis.T @ basis / n + torch.diag(FIT_PRIOR * norms)
+    rhs = basis.T @ torch.exp(half * (t - 1.0)) / n + FIT_PRIOR * norms * uniform
     return torch.linalg.solve(gram, rhs)
 
 

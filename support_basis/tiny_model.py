@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .llada import CODE_FILES, MODEL_DIR
+from .code_identity import write_code
 
 # LLaDA-8B-Instruct's chat template (Llama-3 style headers, BOS before the first message).
 CHAT_TEMPLATE = (
@@ -154,8 +154,13 @@ def make_tiny_model(
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0, embedding_std)
     model = model.to(getattr(torch, dtype))
-    # written whole or not at all: into a sibling staging directory first (a full disk or a crash there leaves
-    # OUT as it was), then moved in; only now, so a bad setting above leaves no directory behind
+    _write_whole(out, model, tokenizer, dtype, max_sequence_length)
+    return out
+
+
+def _write_whole(out: Path, model, tokenizer, dtype: str, max_sequence_length: int) -> None:
+    """Write the directory whole or not at all: into a sibling staging directory first (a full disk or a crash
+    there leaves OUT as it was), then moved in."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -163,8 +168,7 @@ def make_tiny_model(
         stage.mkdir()
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
-        for name in CODE_FILES:  # the model directory's own files: a generated artifact, like the weights
-            shutil.copyfile(MODEL_DIR / name, stage / name)
+        write_code(stage)  # the model directory's own copies of the code, with their digest
         _normalise_config(stage / "config.json", dtype)
         write_tokenizer_config(stage, max_sequence_length)
         if not out.exists():
@@ -174,7 +178,6 @@ def make_tiny_model(
                 os.replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return out
 
 
 def write_tokenizer_config(out: Path, max_length: int):

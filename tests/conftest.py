@@ -24,6 +24,12 @@ SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "llada-8b-instruct"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# "llada" -> this package's classes for the Auto classes: tests load model directories the way the project's entry
+# points do (the package's code); the ones that check the directories' remote code pass trust_remote_code=True
+from support_basis.llada import register_auto_classes  # noqa: E402
+
+register_auto_classes()
+
 
 def transformers_major() -> int:
     import transformers
@@ -51,14 +57,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_model(tiny_model_dir):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval().requires_grad_(False)
+    return AutoModel.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def load_script(name: str):

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # every test here starts app.py or drives a brows
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-SHIPPED_MODEL = REPO / "checkpoints" / "llada-tiny"
+SHIPPED_MODEL = REPO / "support_basis" / "checkpoints" / "llada-tiny"
 STEPS = 32  # the page's default number of steps (support_basis.demo.stepping.Settings)
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -77,7 +77,9 @@ def test_port_in_use_fails_before_loading(tiny_model_dir):
 def test_default_model_is_the_shipped_tiny_checkpoint():
     import app
 
-    assert app.DEFAULT_MODEL == "checkpoints/llada-tiny"
+    from support_basis.loading import DEFAULT_MODEL
+
+    assert app.DEFAULT_MODEL == str(DEFAULT_MODEL)  # the installed package's own copy: works from any directory
     if not SHIPPED_MODEL.is_dir():
         r = run_app("--port", str(free_port()))
         assert r.returncode == 2 and "shipped trained tiny model" in r.stderr

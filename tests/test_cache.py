@@ -80,7 +80,7 @@ def test_window_with_stale_cache_matches_float64_contract(exact_model, rng, star
 def test_unchanged_sequence_window_equals_full_forward_padded(tiny_model_dir, rng, dtype):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=dtype).eval()
+    model = AutoModel.from_pretrained(tiny_model_dir, dtype=dtype).eval()
     model.config.hybrid_exact_ratio = 1.0
     ids = torch.randint(0, 400, (3, 26), generator=rng)
     mask = torch.ones(3, 26, dtype=torch.long)

@@ -26,7 +26,7 @@ def model(tiny_model_dir):
     """A model of this module's own: the demo sets the knobs on its config and hooks its forward."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval().requires_grad_(False)
+    return AutoModel.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
 
 
 @pytest.fixture
@@ -124,7 +124,10 @@ def test_confidence_is_the_models_probability_of_the_revealed_token(shared, mode
 
 
 @pytest.mark.parametrize("fast", [(("cache", "prefix"),), (("cache", "dual"), ("threshold", 0.05)),
-                                  (("factor", 1.0),)])
+                                  (("factor", 1.0),),
+                                  (("cache", "dual"), ("threshold", 0.05), ("early_stop", True),
+                                   ("suffix_window", 2), ("threshold_alpha", 0.3)),
+                                  (("suffix_window", 3), ("suffix_dropout", "uniform"))])
 def test_fast_sampling_options_stream_with_confidences(shared, model, prompt, fast):
     if not fast_sampling_parameters():
         pytest.skip("generate() has no fast-sampling options")
@@ -220,6 +223,8 @@ def test_unbound_threads_pass_through(shared, model, prompt):
     (dict(temperature=None), "temperature"),
     (dict(seed=-1), "seed"),
     (dict(remasking="random", fast=(("threshold", 0.9),)), "low_confidence"),
+    (dict(fast=(("suffix_window", -1),)), "suffix_window"),
+    (dict(fast=(("threshold_alpha", 0.5),)), "give threshold too"),
 ])
 def test_check_settings_names_the_bad_value(change, words):
     with pytest.raises(ValueError, match=words):
@@ -250,6 +255,16 @@ def test_turn_streams_then_answers(shared, tiny_tokenizer):
     # the prompt is tokenised as generate.py does it, and the next turn carries the conversation
     assert demo.prompt_ids([], "Hi") == tokenize_prompts(tiny_tokenizer, ["Hi"], chat=True)[0]
     assert len(demo.prompt_ids(last.history, "Hi")) > len(demo.prompt_ids([], "Hi"))
+
+
+def test_a_turn_keeps_no_conversation_the_client_did_not_send(shared):
+    """The same question with an empty chat gets the same answer, whatever history the server held (a client's
+    hidden state used to leak into its next turns)."""
+    demo = Demo(shared)
+    fresh = list(demo.turn([], [], "Which of these is a source of light?", SMALL))[-1]
+    stale = [{"role": "user", "content": "What is 7 + 5?"}, {"role": "assistant", "content": "12"}]
+    again = list(demo.turn([], stale, "Which of these is a source of light?", SMALL))[-1]
+    assert again.chat == fresh.chat and again.history == fresh.history
 
 
 def test_turn_paces_the_display_without_slowing_the_decode(shared):

@@ -376,8 +376,8 @@ def tiny_llada(tmp_path_factory):
 def test_tiny_llada_in_process(tiny_llada):
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(tiny_llada, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_llada, trust_remote_code=True)
+    model = AutoModel.from_pretrained(tiny_llada).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llada)
     assert es.detect_family(model) == "llada"
     texts = ["Attention compares every query with every key.", "The answer is B."]
     batches = list(es.text_batches(model, tok, texts, max_tokens=32, batch_size=2))
@@ -477,7 +477,7 @@ def test_cli_tiny_llada_texts_file_and_layers(tiny_llada, tmp_path, capsys):
     summary = json.loads(printed.strip().splitlines()[-1])
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_llada, trust_remote_code=True)
+    tok = AutoTokenizer.from_pretrained(tiny_llada)
     lens = [min(24, len(tok(t)["input_ids"])) for t in es.load_texts(texts)]
     assert summary["family"] == "llada" and summary["layers"] == [1] and summary["sequences"] == 3
     assert summary["tokens"] == sum(lens) and summary["n"] == max(lens)

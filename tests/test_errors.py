@@ -150,10 +150,15 @@ CASES = [
          "does not exist", "make_tiny_model.py"),
     case("gen-model-not-a-dir", "generate", lambda c, w: ["--model", str(w), "--prompt", "Hi"],
          "not a model directory (no config.json)"),
+    case("gen-suffix-window", "generate", gen("--suffix-window", "-1"), "--suffix-window", "-1"),
+    case("gen-suffix-tail", "generate", gen("--suffix-window", "2", "--suffix-tail", "99"), "--suffix-tail", "99",
+         "larger than the suffix"),
+    case("gen-suffix-dropout", "generate", gen("--suffix-dropout", "poisson"), "--suffix-dropout", "poisson"),
+    case("gen-threshold-alpha", "generate", gen("--threshold", "0.9", "--threshold-alpha", "2"), "--threshold-alpha",
+         "[0, 1]"),
     case("gen-model-is-a-file", "generate", lambda c, w: ["--model", str(c.tiny / "config.json"), "--prompt", "Hi"],
          "is a file"),
     case("gen-official-layout", "generate", gen_model("official"), "not a LLaDA-BS model", "prepare_model.py"),
-    case("gen-no-code-file", "generate", gen_model("no_code"), "hybrid_attention.py", "prepare_model.py"),
     case("gen-bad-hybrid-value", "generate", gen_model("bad_hybrid"), "config.json", "hybrid_exact_ratio", "1.5"),
     case("gen-config-not-json", "generate", gen_model("bad_json"), "config.json is not valid JSON", "line 1"),
     case("gen-truncated-weights", "generate", gen_model("truncated"), "model.safetensors is truncated"),
@@ -188,6 +193,11 @@ CASES = [
     case("gen-empty-prompt", "generate", gen("--no-chat", "--prompt", ""), "--prompt #2 ('')", "empty"),
     # --- the benchmark runners: flags ---------------------------------------------------------------------------
     case("run-steps-0", "run_arc_easy", run("--steps", "0"), "--steps", "expected an integer >= 1; got '0'"),
+    case("run-suffix-window", "run_arc_easy", run("--suffix_window", "-4"), "--suffix_window", "-4"),
+    case("run-suffix-tail", "run_arc_easy", run("--suffix_window", "2", "--suffix_tail", "9"), "--suffix_tail",
+         "larger than the suffix"),
+    case("run-threshold-alpha", "run_arc_easy", run("--threshold_alpha", "0.3"), "--threshold_alpha",
+         "give --threshold too"),
     case("run-block-0", "run_arc_easy", run("--block_length", "0"), "--block_length", "got '0'"),
     case("run-steps-above-answer", "run_arc_easy", run("--steps", "100"), "--steps (100) is more than the answer "
          "length (8 tokens)"),
@@ -301,8 +311,19 @@ CASES = [
     case("sum-not-a-summary", "summarize_results", lambda c, w: [str(w)], "not a run summary", "'accuracy'",
          setup=lambda c, w: write_jsonl(w / "arc_easy" / "exact" / "summary.json", [{"task": "arc_easy",
                                                                                       "config": "exact"}])),
+    *[case(f"sum-bad-{field}-{value}", "summarize_results", lambda c, w: [str(w)], f"{field} is {said}",
+           setup=lambda c, w, f=field, v=value: write_jsonl(
+               w / "arc_easy" / "exact" / "summary.json",
+               ['{"task": "arc_easy", "config": "exact", "accuracy": 0.5, "stderr": 0.1, "n": 4, "unparsed": 0, '
+                f'"{f}": {v}' + "}"]))
+      for field, value, said in (("accuracy", "NaN", "nan"), ("n", -5, "-5"), ("accuracy", '"0.7"', "'0.7'"),
+                                 ("stderr", 2, "2"))],
     # --- scripts/lm_eval_llada.py (model arguments checked before lm-eval starts) -------------------------------
     case("lm-mc-num", "lm_eval_llada", llada_args("pretrained={tiny},mc_num=0"), "mc_num", "0"),
+    case("lm-suffix-dropout", "lm_eval_llada", llada_args("pretrained={tiny},suffix_dropout=poisson"),
+         "suffix_dropout", "poisson"),
+    case("lm-threshold-alpha", "lm_eval_llada", llada_args("pretrained={tiny},threshold=0.9,threshold_alpha=7"),
+         "threshold_alpha", "[0, 1]"),
     case("lm-exact-ratio", "lm_eval_llada", llada_args("pretrained={tiny},exact_ratio=abc"), "exact_ratio", "'abc'"),
     case("lm-unknown-key", "lm_eval_llada", llada_args("pretrained={tiny},foo=1"), "unknown model argument", "foo"),
     case("lm-hint", "lm_eval_llada", llada_args("model_path={tiny}"), "did you mean pretrained"),
@@ -318,6 +339,8 @@ CASES = [
     case("eff-out-file", "efficiency_experiment", lambda c, w: ["--quick", "--out", str(w / "file")], "--out",
          "is a file", setup=lambda c, w: (w / "file").write_text("x")),
     case("eff-n", "efficiency_experiment", lambda c, w: ["--n", "0", "--out", str(w / "o")], "--n", "0"),
+    case("eff-n-too-large", "efficiency_experiment", lambda c, w: ["--n-sweep", "100000000", "--out", str(w / "o")],
+         "n = 100000000", "GiB", "use a smaller n"),
     case("eff-ratio", "efficiency_experiment", lambda c, w: ["--ratio", "1", "--out", str(w / "o")], "--ratio"),
     case("eff-thresholds", "efficiency_experiment", lambda c, w: ["--thresholds", "0.2,abc", "--out", str(w / "o")],
          "--thresholds", "abc"),
@@ -347,8 +370,6 @@ CASES = [
     case("ent-device-cuda", "entry_distributions", entries("--device", "cuda"), "--device cuda", marks=[NO_CUDA]),
     case("ent-truncated-weights", "entry_distributions", entries(model=lambda c: c.bad["truncated"]), "truncated"),
     case("ent-wrong-family", "entry_distributions", entries("--family", "vit"), "no vit projections found"),
-    case("ent-no-remote-code", "entry_distributions", lambda c, w: ["--model", str(c.tiny), "--out", str(w / "o")],
-         "needs --trust-remote-code"),
     case("ent-layers", "entry_distributions", entries("--layers", "7"), "--layers", "out of range"),
     # --- make_tiny_model.py -------------------------------------------------------------------------------------
     case("tiny-vocab-huge", "make_tiny_model", lambda c, w: [str(w / "m"), "--vocab-size", "2000000"],
@@ -446,11 +467,12 @@ def test_the_table_covers_every_entry_point():
 
 def test_an_unexpected_exception_keeps_its_traceback(tiny_model_dir, monkeypatch, capsys):
     import generate
+    from support_basis import generate_cli
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug, not a user error")
 
-    monkeypatch.setattr(generate, "load_model_and_tokenizer", broken)
+    monkeypatch.setattr(generate_cli, "load_model_and_tokenizer", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         generate.main(gen()(SimpleNamespace(tiny=tiny_model_dir), None))
 
@@ -497,7 +519,7 @@ RUN_ALL = [
 
 def _env():
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", PYTHON=sys.executable)
+                HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", RUN_ALL_PYTHON=sys.executable)
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ def test_prepare_force_leaves_no_stale_weight_file(tiny_model_dir, tmp_path):
     prepare(str(sharded), out, force=True)
     assert not (out / "model.safetensors").exists() and (out / "model.safetensors.index.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
-    AutoModel.from_pretrained(out, trust_remote_code=True)
+    AutoModel.from_pretrained(out)
 
 
 def _refused(capsys, *args) -> str:

@@ -234,7 +234,7 @@ def test_report_tabulates_the_grid(tmp_path):
 def test_run_all_smoke_pipeline(tmp_path):
     """run_all.sh end to end (a subset, to stay fast): tiny model, fixture data, report files."""
     out = tmp_path / "results"
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, RUN_ALL_PYTHON=sys.executable)
     res = subprocess.run(["bash", str(REPO / "run_all.sh"), "--smoke", "--out", str(out), "--tasks",
                           "arc_easy,gpqa arc_easy", "--ratios", "0.2,0.2", "--limit", "2"],  # commas; twice = once
                          capture_output=True, text=True, env=env, timeout=600)

@@ -65,7 +65,7 @@ def test_cache_with_guidance_padded_equals_alone(tiny_model, prompts, cache):
 def test_bf16_model_with_cache_and_threshold(tiny_model_dir, prompts):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    model = AutoModel.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
     ids, mask = left_pad(prompts, model.config.pad_token_id)
     for cache in CACHE_MODES:
         out, nfe = generate(model, ids, mask, steps=12, gen_length=12, block_length=4, cache=cache, factor=1.0,

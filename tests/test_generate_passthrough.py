@@ -87,7 +87,7 @@ def test_runner_rejects_bad_fast_flags_before_loading(tmp_path, capsys, flags, m
 @pytest.mark.slow
 def test_run_all_passes_the_fast_options(tiny_model_dir, tmp_path):
     out = tmp_path / "results"
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, RUN_ALL_PYTHON=sys.executable)
     res = subprocess.run(["bash", str(REPO / "run_all.sh"), "--model", str(tiny_model_dir), "--data-dir",
                           str(FIXTURES), "--out", str(out), "--tasks", "arc_easy", "--limit", "1", "--no-exact",
                           "--degrees", "6", "--cache", "prefix", "--factor", "1.0"],

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-import hybrid_attention as ha
+from support_basis.llada import hybrid_attention as ha
 from conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "data"
@@ -60,7 +60,7 @@ def test_a_config_json_with_a_bad_knob_fails_at_load(tiny_model_dir, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "hybrid_fit": "weighted"}))
     with pytest.raises(ValueError, match="hybrid_fit must be one of"):
-        AutoConfig.from_pretrained(bad, trust_remote_code=True)
+        AutoConfig.from_pretrained(bad)
 
 
 def test_setting_a_knob_changes_the_next_forward(tiny_model):

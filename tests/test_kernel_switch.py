@@ -69,17 +69,17 @@ def test_kernel_round_trips_through_config_json_and_old_files_default_to_auto(ti
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)
     cfg = json.loads((d / "config.json").read_text())
-    assert AutoConfig.from_pretrained(d, trust_remote_code=True).hybrid_kernel == "auto"
+    assert AutoConfig.from_pretrained(d).hybrid_kernel == "auto"
     cfg.pop("hybrid_kernel", None)  # a directory written before the switch existed
     (d / "config.json").write_text(json.dumps(cfg))
-    assert AutoConfig.from_pretrained(d, trust_remote_code=True).hybrid_kernel == "auto"
+    assert AutoConfig.from_pretrained(d).hybrid_kernel == "auto"
     cfg["hybrid_kernel"] = "eager"
     (d / "config.json").write_text(json.dumps(cfg))
-    assert AutoConfig.from_pretrained(d, trust_remote_code=True).hybrid_kernel == "eager"
+    assert AutoConfig.from_pretrained(d).hybrid_kernel == "eager"
     cfg["hybrid_kernel"] = "cuda"
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="hybrid_kernel must be one of"):
-        AutoConfig.from_pretrained(d, trust_remote_code=True)
+        AutoConfig.from_pretrained(d)
 
 
 def test_the_knobs_have_one_validator_each():

@@ -1,4 +1,4 @@
-"""The shipped trained tiny LLaDA (checkpoints/llada-tiny): complete, one copy of the code, and it answers."""
+"""The shipped trained tiny LLaDA (support_basis/checkpoints/llada-tiny): complete, one copy of the code, and it answers."""
 
 from __future__ import annotations
 
@@ -13,19 +13,17 @@ from support_basis.evaluation.tasks import TASKS
 from support_basis.synthetic import heldout_problems, to_row
 
 REPO = Path(__file__).resolve().parents[1]
-CKPT = REPO / "checkpoints" / "llada-tiny"
+CKPT = REPO / "support_basis" / "checkpoints" / "llada-tiny"
 
 
 def test_directory_is_complete_and_shares_the_model_code():
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (CKPT / name).is_file(), name
-    from support_basis.llada import CODE_FILES
+    from support_basis.code_identity import code_status
 
-    for name in CODE_FILES:
-        path = CKPT / name
-        assert path.is_symlink(), f"{name} must be a symlink into LLaDA-8B-Instruct-BS/ (one source of truth)"
-        assert path.resolve() == (REPO / "LLaDA-8B-Instruct-BS" / name).resolve()
-    size = sum(p.stat().st_size for p in CKPT.iterdir() if not p.is_symlink())
+    assert code_status(CKPT) is None  # byte-identical copies of the package's code, with their digest
+    assert not any(p.is_symlink() for p in CKPT.iterdir())
+    size = sum(p.stat().st_size for p in CKPT.iterdir())
     assert size <= 25 * 2**20, f"{size / 2**20:.1f} MB"
     cfg = json.loads((CKPT / "config.json").read_text())
     assert {"hybrid_exact_ratio", "hybrid_chebyshev_degree"} <= cfg.keys() and cfg["auto_map"]
@@ -35,8 +33,8 @@ def test_directory_is_complete_and_shares_the_model_code():
 def shipped():
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(CKPT, trust_remote_code=True, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True)
+    model = AutoModel.from_pretrained(CKPT, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(CKPT)
 
 
 def _answers(model, tokenizer, prompts, **kw):
@@ -81,5 +79,5 @@ def test_generate_cli_uses_it_by_default(capsys):
     generate.main(["--prompt", "In the list c=41, q=73, m=25, what is the value of q?", "--gen-length", "32",
                    "--steps", "8"])
     out, err = capsys.readouterr()
-    assert "checkpoints/llada-tiny" in err
+    assert "support_basis/checkpoints/llada-tiny" in err
     assert out.strip().splitlines()[-1].strip() in {"41", "73", "25"}  # a value read from the list

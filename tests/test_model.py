@@ -46,13 +46,37 @@ def test_model_directory_config_is_the_official_one_plus_the_knobs(shared_refere
         if key != "transformers_version":
             assert ours[key] == value, key
     assert ours["hybrid_exact_ratio"] == 0.2 and ours["hybrid_chebyshev_degree"] == 6
+    from support_basis.llada.configuration_llada import HYBRID_VALIDATORS
+
+    assert set(HYBRID_VALIDATORS) <= set(ours)  # every knob is in the file (hybrid_kernel too)
     assert ours["auto_map"]["AutoModel"] == "modeling_llada.LLaDAModelLM"
 
 
-def test_top_level_files_are_the_model_directory_files():
-    for name in CODE_FILES:  # at the top level and inside the package, each is a link to the model directory's file
-        assert (REPO / name).resolve() == (MODEL_DIR / name).resolve(), name
-        assert (REPO / "support_basis" / "llada" / name).resolve() == (MODEL_DIR / name).resolve(), name
+def test_shipped_code_copies_equal_the_package():
+    """LLaDA-8B-Instruct-BS/ and the tiny checkpoint carry byte-identical copies of the package's code (after an
+    edit of support_basis/llada: python -m support_basis.code_identity), and no file of the repository is a link."""
+    import subprocess
+
+    from support_basis.code_identity import code_status
+    from support_basis.llada import MODEL_CARD
+    from support_basis.loading import DEFAULT_MODEL
+
+    for directory in (MODEL_DIR, DEFAULT_MODEL):
+        assert code_status(directory) is None, "run: python -m support_basis.code_identity"
+    assert (MODEL_DIR / "README.md").read_bytes() == MODEL_CARD.read_bytes()
+    links = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True).stdout
+    if links:  # a git checkout (an sdist has no index)
+        assert not [line for line in links.splitlines() if line.startswith("120000")]
+
+
+def test_top_level_modules_are_the_package():
+    import configuration_llada
+    import modeling_llada
+
+    from support_basis.llada.configuration_llada import LLaDAConfig
+    from support_basis.llada.modeling_llada import LLaDAModelLM
+
+    assert modeling_llada.LLaDAModelLM is LLaDAModelLM and configuration_llada.LLaDAConfig is LLaDAConfig
 
 
 @pytest.mark.slow
@@ -111,7 +135,7 @@ def test_invalid_knobs_fail_at_load_and_when_set(tiny_model_dir, tmp_path, tiny_
 
 
 def test_knobs_set_after_loading_reach_the_next_forward(tiny_model_dir, monkeypatch):
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(tiny_model_dir)
     module = sys.modules[type(model).__module__]
     seen = []
     real = module.hybrid_attention

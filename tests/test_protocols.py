@@ -33,7 +33,7 @@ def llada_template():
 
     path = SHARED_REFERENCE / "tokenizer_config.json"
     if not path.is_file():
-        path = REPO / "checkpoints" / "llada-tiny" / "tokenizer_config.json"
+        path = REPO / "support_basis" / "checkpoints" / "llada-tiny" / "tokenizer_config.json"
     template = jinja2.Environment().from_string(json.loads(path.read_text())["chat_template"])
     return lambda item: template.render(messages=item.messages(), bos_token=BOS, add_generation_prompt=True)
 
@@ -266,7 +266,7 @@ def test_protocol_refusals_are_one_line(task, argv, message, tmp_path, capsys):
 def test_gsm8k_bad_rows_are_refused_before_the_model(row, message, tmp_path, capsys):
     (tmp_path / "gsm8k.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(SystemExit) as e:
-        cli.main("gsm8k", ["--model_name", str(REPO / "checkpoints" / "llada-tiny"), "--data_path", str(tmp_path),
+        cli.main("gsm8k", ["--model_name", str(REPO / "support_basis" / "checkpoints" / "llada-tiny"), "--data_path", str(tmp_path),
                            "--out_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and message in err[0], err
@@ -286,7 +286,7 @@ def test_run_all_official_smoke(tmp_path):
     import subprocess
     import sys
 
-    out, env = tmp_path / "res", dict(os.environ, PYTHON=sys.executable)
+    out, env = tmp_path / "res", dict(os.environ, RUN_ALL_PYTHON=sys.executable)
     res = subprocess.run(["bash", str(REPO / "run_all.sh"), "--smoke", "--protocol", "official", "--out", str(out),
                           "--tasks", "gsm8k hellaswag", "--limit", "2", "--degrees", "4"], capture_output=True,
                          text=True, env=env, timeout=900)

@@ -85,17 +85,19 @@ def test_training_reduces_the_loss_and_resume_is_exact(tiny_model_dir, tmp_path)
     assert [r["step"] for r in curve] == [10, 20, 30, 40]
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"], curve  # it learns (the EOS filling, then the values)
     resumed = tmp_path / "resumed"
-    _train(tiny_model_dir, resumed, "--steps", "40", "--stop-after", "20", "--link-code")
+    _train(tiny_model_dir, resumed, "--steps", "40", "--stop-after", "20")
     assert json.loads((resumed / "training_log.jsonl").read_text().splitlines()[-1])["step"] == 20
-    _train(tiny_model_dir, resumed, "--steps", "40", "--resume", "--link-code")
-    code = resumed / "modeling_llada.py"  # one source of truth: a symlink to the repository's model code
-    assert code.is_symlink() and code.resolve() == (train_llada.REPO / "LLaDA-8B-Instruct-BS" / code.name).resolve()
+    _train(tiny_model_dir, resumed, "--steps", "40", "--resume")
+    from support_basis.code_identity import code_status
+
+    assert code_status(resumed) is None  # copies of the package's code with their digest, no links
+    assert not any(f.is_symlink() for f in resumed.iterdir())
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the exported directory is a complete model: it loads and keeps the configured hybrid knobs
     from transformers import AutoModel
 
-    m = AutoModel.from_pretrained(resumed, trust_remote_code=True)
+    m = AutoModel.from_pretrained(resumed)
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     assert m.config.hybrid_exact_ratio == cfg["hybrid_exact_ratio"]
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.old"))
@@ -137,6 +139,12 @@ def test_training_never_deletes_what_it_did_not_write(tiny_model_dir, tmp_path, 
     for sibling in ("run.partial", "run.old"):
         assert (tmp_path / sibling / "keep.txt").read_text() == sibling
     assert json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])["step"] == 20
+    shutil.rmtree(tmp_path / "run.state")  # a finished model whose training state is gone (or the shipped one)
+    before = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()  # the finished run's own output
+    err = _refused(capsys, "--model", str(tiny_model_dir), "--out", str(out))
+    assert "holds a finished model" in err and "--force" in err, err
+    assert (out / "model.safetensors").read_bytes() == before
 
     _train(tiny_model_dir, mine, "--steps", "10", "--force")  # named: the user's directory is replaced
     assert not (mine / "notes.txt").exists() and (mine / "model.safetensors").is_file()
@@ -181,15 +189,27 @@ def test_bad_model_dir_and_bad_data(tmp_path, tiny_model_dir, capsys):
     assert e.value.code == 2 and "not a model directory" in capsys.readouterr().err
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": 3}\n')
-    import transformers
+    from support_basis import loading
 
     def no_weights(*args, **kwargs):  # the data is refused before any weight loads (a minute for the 8B)
         raise AssertionError("the weights were loaded before the data was checked")
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
-        mp.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+        mp.setattr(loading, "load_weights", no_weights)
         train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
     assert e.value.code == 2 and f"{data}, line 2" in capsys.readouterr().err
+    data.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "fill", "response": "a <|mdm_mask|> b"}\n')
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
+        mp.setattr(loading, "load_weights", no_weights)
+        train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{data}, line 2" in err and "<|mdm_mask|>" in err, err
+    data.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "' + "word " * 3000 + '", "response": "x"}\n')
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
+        mp.setattr(loading, "load_weights", no_weights)
+        train_llada.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "row 2" in err and "max_sequence_length" in err, err
 
 
 @pytest.mark.parametrize("kind", ["recall", "largest", "smallest"])
@@ -200,7 +220,7 @@ def test_an_answer_shown_in_the_prompt_is_its_tokens_there(kind):
 
     from conftest import REPO
 
-    tok = AutoTokenizer.from_pretrained(REPO / "checkpoints" / "llada-tiny")
+    tok = AutoTokenizer.from_pretrained(REPO / "support_basis" / "checkpoints" / "llada-tiny")
     src = SyntheticSource(Encoder(tok), seed=random.randrange(2**31), kinds=(kind,))
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     for step in range(6):  # free-form and several benchmark wrappers

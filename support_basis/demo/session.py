@@ -85,6 +85,9 @@ class Demo:
         """Stream the views of one turn. ``delay_seconds`` paces the display (at least that long between two
         shown steps, so a fast decode can be watched); the decode itself never waits for the display."""
         delay = self.delay_seconds if delay_seconds is None else delay_seconds
+        if len(history) != len(chat):  # the conversation is what the client sent: never a hidden one it did not
+            history = [{"role": m["role"], "content": m["content"]} for m in chat
+                       if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
         question = (question or "").strip()
         idle = (self.empty_canvas(""), self.empty_canvas("") if compare else "")
         if not question:

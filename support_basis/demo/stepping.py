@@ -27,12 +27,16 @@ import torch
 
 from ..errors import finite, whole
 from ..llada.configuration_llada import validate_chebyshev_degree, validate_exact_ratio
-from ..sampling import REMASKING, check_schedule, generate, model_device
+from ..sampling import REMASKING, SamplerSettingError, check_schedule, check_streaming, generate, model_device
+from ..suffix import SuffixRule
 
 from .shared_model import Decode, DecodeCancelled, SharedModel
 
-# generate()'s fast-sampling keywords (issue 10) the page offers, in display order, when generate() accepts them.
-FAST_SAMPLING_KEYWORDS = ("cache", "threshold", "factor")
+# generate()'s fast-sampling keywords the page offers, in display order, when generate() accepts them: Fast-dLLM's
+# cache and parallel decoding, then the early stop, the pruned suffix and the context-aware threshold
+SCHEDULE_KEYWORDS = ("cache", "threshold", "factor")
+STREAMING_KEYWORDS = ("early_stop", "suffix_window", "suffix_dropout", "threshold_alpha")
+FAST_SAMPLING_KEYWORDS = SCHEDULE_KEYWORDS + STREAMING_KEYWORDS
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,11 @@ def check_settings(s: Settings) -> Settings:
     unknown = [name for name, _ in s.fast if name not in fast_sampling_parameters()]
     if unknown:
         raise ValueError(f"this generate() has no fast-sampling option {', '.join(unknown)}")
-    check_schedule(s.steps, s.gen_length, s.block_length, s.remasking, s.temperature, s.cfg_scale, **dict(s.fast))
+    fast = dict(s.fast)
+    check_schedule(s.steps, s.gen_length, s.block_length, s.remasking, s.temperature, s.cfg_scale,
+                   **{k: v for k, v in fast.items() if k in SCHEDULE_KEYWORDS})
+    check_streaming(SuffixRule(fast.get("suffix_window"), None, fast.get("suffix_dropout")), s.gen_length,
+                    s.block_length, fast.get("threshold"), fast.get("threshold_alpha"))
     if s.seed < 0:
         raise ValueError(f"seed must be >= 0; got {s.seed}")
     return s
@@ -175,7 +183,7 @@ class DecodeRun:
             self._generate()
         except DecodeCancelled:
             pass
-        except ValueError as err:  # generate()'s input checks: prompt too long, empty prompt, ...
+        except SamplerSettingError as err:  # generate()'s input checks: prompt too long, empty prompt, ...
             self.events.put((self.tag, Failed(str(err), expected=True)))
         except Exception as err:  # a bug: the page says so in one line, the server log keeps the traceback
             traceback.print_exc(file=sys.stderr)

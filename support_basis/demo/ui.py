@@ -18,6 +18,7 @@ from .. import sampling  # noqa: E402
 
 from . import render  # noqa: E402
 from .session import Demo, View  # noqa: E402
+from ..suffix import DROPOUTS  # noqa: E402
 from .stepping import REMASKING, Settings, fast_sampling_parameters  # noqa: E402
 
 # Several users' turns run at once; their forwards interleave on the one model (see shared_model).
@@ -26,8 +27,8 @@ CONCURRENT_TURNS = 4
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-# The fast-sampling keywords whose "off" is None; their sliders send 0 for it.
-OFF_AT_ZERO = ("threshold", "factor")
+# The fast-sampling keywords whose "off" is None; their widgets send 0 (or "off") for it.
+OFF_AT_ZERO = ("threshold", "factor", "suffix_window", "suffix_dropout", "threshold_alpha")
 
 
 def _fast_widget(name: str, parameter):
@@ -42,11 +43,25 @@ def _fast_widget(name: str, parameter):
     if name == "factor":
         return gr.Slider(0.0, 4.0, value=0.0, step=0.1, label="factor",
                          info="reveal the n most confident while the n-th is >= 1 - factor/(n+1) (0 = off)")
+    if name == "early_stop":
+        return gr.Checkbox(value=False, label="early stop",
+                           info="stop once a revealed block holds the end of the answer (EOS / <|eot_id|>)")
+    if name == "suffix_window":
+        return gr.Slider(0, 256, value=0, step=1, label="suffix window",
+                         info="compute only this many masked positions after the block, and the last (0 = off)")
+    if name == "suffix_dropout":
+        return gr.Dropdown(["off", *DROPOUTS], value="off", label="suffix dropout",
+                           info="DPad: keep a random subset of the masked suffix (over the window, if set)")
+    if name == "threshold_alpha":
+        return gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="threshold alpha",
+                         info="with a threshold: lower it as the block fills, T (1 - alpha (1 - masked share)); 0 = off")
     raise ValueError(f"no widget for generate()'s keyword {name!r}")
 
 
 def _fast_value(name: str, value):
-    return None if name in OFF_AT_ZERO and not value else value
+    if name in OFF_AT_ZERO and (not value or value == "off"):
+        return None
+    return int(value) if name == "suffix_window" else value  # a slider may send 16.0
 
 
 def build_page(demo: Demo, *, model_name: str) -> gr.Blocks:

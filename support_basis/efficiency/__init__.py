@@ -29,6 +29,7 @@ The experiment drivers (``experiment``) (:func:`threshold_sweep`, :func:`n_sweep
 from __future__ import annotations
 
 from .core import DEFAULT_BLOCK_ELEMS, DEFAULT_FIT_NODES, MIN_BOUND, ApproxAttention, Tensor, row_chunks, row_norms  # noqa: F401
+from .core import memory_estimate, physical_memory  # noqa: F401
 from .experiment import (  # noqa: F401
     METHODS,
     POLY_METHODS,

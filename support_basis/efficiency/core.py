@@ -99,3 +99,21 @@ class ApproxAttention:
     large_k: Tensor
     matrix_rows: Callable[[slice], Tensor]
     info: dict = field(default_factory=dict)
+
+
+def memory_estimate(n: int, d: int, dtype: str = "float64") -> int:
+    """Bytes an experiment at sequence length ``n`` holds at once, roughly: Q, K, V and the outputs of the exact
+    reference and every method, ``(n, d + 1)`` each (the score blocks are bounded by ``row_chunks``)."""
+    itemsize = 8 if dtype == "float64" else 4
+    return 12 * n * (d + 1) * itemsize
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the platform does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+

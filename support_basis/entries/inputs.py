@@ -281,10 +281,25 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_
     """``AutoModel.from_pretrained(path)`` (falling back to ``AutoModelForCausalLM``) in ``dtype`` on ``device``, eval.
 
     ``dtype``: ``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (the checkpoint's). Remote-code checkpoints (LLaDA,
-    old Phi) need ``trust_remote_code=True``; without it the error says so.
+    old Phi) need ``trust_remote_code=True``; without it the error says so. LLaDA needs neither: its model_type
+    is registered with the Auto classes, which then build this package's ``LLaDAModelLM`` (never a directory's
+    copied code, even with ``trust_remote_code``).
     """
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    from ..code_identity import report_code
+    from ..llada import register_auto_classes
+
+    register_auto_classes()
+    llada = False
+    try:
+        llada = AutoConfig.from_pretrained(path).model_type == "llada"
+    except (ValueError, KeyError, OSError):
+        pass  # another family that needs remote code: the load below says so
+    if llada:
+        trust_remote_code = False  # registered: the package's classes, not the directory's copies
+        if Path(path).expanduser().is_dir():
+            report_code(Path(path).expanduser())
     kw = {"trust_remote_code": trust_remote_code, "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     errors = []
     for auto in (AutoModel, AutoModelForCausalLM):

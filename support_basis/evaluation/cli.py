@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ArgumentParser, UserError, check_output_dir, cli, number, positive_int
 from ..llada.configuration_llada import KERNELS
+from ..locking import DirLock
 from ..model_dir import check_device, check_model_dir
 from .answers import PARSERS
 from .data import load_items
@@ -61,6 +62,16 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                    help="reveal every position with confidence >= THRESHOLD in (0, 1] per step (e.g. 0.9)")
     p.add_argument("--factor", type=float, default=None,
                    help="adaptive parallel decoding factor > 0 (e.g. 1.0); excludes --threshold")
+    p.add_argument("--early_stop", type=int, default=0, choices=[0, 1],
+                   help="1: stop an item once a revealed block holds EOS/EoT (its later positions become EOS)")
+    p.add_argument("--suffix_window", type=int, default=None,
+                   help="each forward computes only the next W masked positions after the block (Streaming-dLLM)")
+    p.add_argument("--suffix_tail", type=int, default=None,
+                   help="with --suffix_window/--suffix_dropout: also the last T positions (default 1; 0 with dropout)")
+    p.add_argument("--suffix_dropout", default=None, choices=["gaussian", "uniform"],
+                   help="DPad's suffix dropout over the first --suffix_window positions, drawn from --seed")
+    p.add_argument("--threshold_alpha", type=float, default=None,
+                   help="with --threshold T: T * (1 - A * (1 - masked share)), A in [0, 1] (Streaming-dLLM)")
     p.add_argument("--out_dir", default="results", help="results go to OUT_DIR/<task>/<config>/")
     p.add_argument("--data_path", default=None,
                    help="local data instead of the hub: a json/jsonl/parquet file, or a directory with <task>.jsonl "
@@ -105,6 +116,12 @@ def parse_configs(a) -> list[tuple[float, int]]:
     return out
 
 
+STREAMING_DEFAULTS = {"early_stop": False, "suffix_window": None, "suffix_tail": None, "suffix_dropout": None,
+                      "threshold_alpha": None}
+"""The sampler's decode-only-what-matters options (``support_basis.sampling.generate``) and their off values."""
+STREAMING_KEYS = tuple(STREAMING_DEFAULTS)
+
+
 def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> dict:
     from ..llada.configuration_llada import (
         validate_chebyshev_degree,
@@ -112,7 +129,7 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
         validate_exact_split,
         validate_fit,
     )
-    from ..sampling import check_fast_sampling, check_schedule
+    from ..sampling import check_fast_sampling
 
     check_fast_sampling(a.cache, a.threshold, a.factor, a.remasking, flags={
         "cache": "--cache", "threshold": "--threshold", "factor": "--factor", "remasking": "--remasking"})
@@ -128,21 +145,7 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
     if parser not in task.parsers:
         raise ValueError(f"--answer_parser {parser}: {task.title} answers are read by {', '.join(task.parsers)}")
     base = default_sampler(task.name, protocol, task.gen_length)
-    gen_length = a.gen_length or base.gen_length
-    # a changed answer length keeps the protocol's shape: the paper's 32-token blocks, or one block (official)
-    block_length = a.block_length or (base.block_length if protocol == "paper" or not a.gen_length else gen_length)
-    if gen_length % block_length:
-        raise ValueError(f"--gen_length ({gen_length}) must be a multiple of --block_length ({block_length})")
-    if a.steps is not None:
-        steps = a.steps
-    elif protocol == "paper":
-        steps = (base.steps // (base.gen_length // base.block_length)) * (gen_length // block_length)
-    else:
-        steps = gen_length  # the published runs: one token per step
-    check_schedule(steps, gen_length, block_length, a.remasking, a.temperature, a.cfg_scale)
-    if steps > gen_length:  # a step reveals at least one token: the rest would only repeat forwards
-        raise ValueError(f"--steps ({steps}) is more than the answer length ({gen_length} tokens): at most "
-                         f"{gen_length} steps reveal anything; give --steps {gen_length} or fewer")
+    steps, gen_length, block_length = _schedule(a, protocol, base)
     eos_last = base.confidence_eos_eot_inf if a.confidence_eos_eot_inf is None else bool(a.confidence_eos_eot_inf)
     if a.data_path:
         data = str(Path(a.data_path).resolve())
@@ -173,6 +176,7 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
         "cache": a.cache,
         "threshold": a.threshold,
         "factor": a.factor,
+        **{k: (bool(getattr(a, k)) if k == "early_stop" else getattr(a, k)) for k in STREAMING_KEYS},
         "confidence_eos_eot_inf": eos_last,
         "dtype": a.dtype,
         "seed": a.seed,
@@ -185,6 +189,33 @@ def settings_from_args(a, task, exact_ratio: float, chebyshev_degree: int) -> di
     }
 
 
+def _schedule(a, protocol: str, base) -> tuple[int, int, int]:
+    """``(steps, gen_length, block_length)`` of a run: the flags, else the protocol's (``base``), checked with the
+    decode-only-what-matters options (``ValueError`` naming the flag)."""
+    from ..sampling import check_schedule, check_streaming
+    from ..suffix import SuffixRule
+
+    gen_length = a.gen_length or base.gen_length
+    # a changed answer length keeps the protocol's shape: the paper's 32-token blocks, or one block (official)
+    block_length = a.block_length or (base.block_length if protocol == "paper" or not a.gen_length else gen_length)
+    if gen_length % block_length:
+        raise ValueError(f"--gen_length ({gen_length}) must be a multiple of --block_length ({block_length})")
+    if a.steps is not None:
+        steps = a.steps
+    elif protocol == "paper":
+        steps = (base.steps // (base.gen_length // base.block_length)) * (gen_length // block_length)
+    else:
+        steps = gen_length  # the published runs: one token per step
+    check_schedule(steps, gen_length, block_length, a.remasking, a.temperature, a.cfg_scale)
+    check_streaming(SuffixRule(a.suffix_window, a.suffix_tail, a.suffix_dropout), gen_length, block_length,
+                    a.threshold, a.threshold_alpha,
+                    flags={k: f"--{k}" for k in STREAMING_KEYS if k != "early_stop"} | {"threshold": "--threshold"})
+    if steps > gen_length:  # a step reveals at least one token: the rest would only repeat forwards
+        raise ValueError(f"--steps ({steps}) is more than the answer length ({gen_length} tokens): at most "
+                         f"{gen_length} steps reveal anything; give --steps {gen_length} or fewer")
+    return steps, gen_length, block_length
+
+
 def protocol_of(a, task) -> str:
     """The protocol a run follows: ``--protocol``, else the task's first (paper; GSM8K: official)."""
     return a.protocol or next(iter(task.protocols))
@@ -195,7 +226,7 @@ def default_settings(task, protocol: str) -> dict:
     base = default_sampler(task.name, protocol, task.gen_length)
     return {"steps": base.steps, "gen_length": base.gen_length, "block_length": base.block_length,
             "temperature": 0.0, "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none", "threshold": None,
-            "factor": None, "confidence_eos_eot_inf": base.confidence_eos_eot_inf}
+            "factor": None, "confidence_eos_eot_inf": base.confidence_eos_eot_inf, **STREAMING_DEFAULTS}
 
 
 @cli
@@ -217,7 +248,12 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     if a.check_flags:
         return []
     check_model_dir(a.model_name, "--model_name")
-    check_device(a.device)
+    device_type = check_device(a.device).split(":")[0]
+    if a.kernel:
+        from ..llada.hybrid_attention import kernel_problem
+
+        if kernel_problem(a.kernel, device_type):
+            raise UserError(f"--kernel {a.kernel}: {kernel_problem(a.kernel, device_type)}")
     items = load_items(task, a.data_path, a.limit, runs[0]["protocol"], a.fewshot_path)
     import torch
     from accelerate import PartialState
@@ -240,6 +276,12 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
                           state.process_index, state.num_processes) for s in runs]
     for store in stores:
         store.check_items(items, complete=a.limit is None or len(items) < a.limit)
+    if state.process_index == 0:  # one run per task folder at a time (the ranks of one run share it)
+        lock = DirLock(Path(a.out_dir) / task.name / ".lock")
+        holder = lock.acquire()
+        if holder is not None:
+            raise UserError(f"--out_dir {a.out_dir}: {task.name} is being written by {holder} ({lock.path}); wait "
+                            "for that run to finish (a rerun then resumes), or give another --out_dir")
     from ..loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name", hybrid_kernel=a.kernel)
@@ -266,3 +308,10 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     finally:
         leave_process_group()  # before interpreter shutdown (see support_basis/process_group.py)
     return summaries
+
+
+def console_main() -> int:
+    """``llada-eval``: :func:`main` as a console script, whose return value is the exit status (the summaries
+    are printed, not returned: a list would be printed to stderr with status 1)."""
+    main()
+    return 0

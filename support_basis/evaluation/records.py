@@ -30,11 +30,13 @@ from .answers import PARSERS, paper_choice
 # Settings that change what an item's record is; the rest (batch size, limit, ...) may vary between resumes.
 IDENTITY_KEYS = ("task", "model", "exact_ratio", "chebyshev_degree", "steps", "gen_length", "block_length",
                  "temperature", "remasking", "cfg_scale", "dtype", "seed", "data", "chat", "cache", "threshold",
-                 "factor", "exact_split", "fit", "model_fp", "protocol", "confidence_eos_eot_inf")
+                 "factor", "exact_split", "fit", "model_fp", "protocol", "confidence_eos_eot_inf", "early_stop",
+                 "suffix_window", "suffix_tail", "suffix_dropout", "threshold_alpha")
 # identity keys added later: a run.json written before them holds their default (model_fp: unknown, not compared)
 _UNKNOWN = object()
 IDENTITY_DEFAULTS = {"cache": "none", "threshold": None, "factor": None, "exact_split": 0.5, "fit": "chebyshev",
-                     "model_fp": _UNKNOWN, "protocol": "paper", "confidence_eos_eot_inf": False}
+                     "model_fp": _UNKNOWN, "protocol": "paper", "confidence_eos_eot_inf": False, "early_stop": False,
+                     "suffix_window": None, "suffix_tail": None, "suffix_dropout": None, "threshold_alpha": None}
 
 
 def model_fingerprint(model: str) -> str | None:
@@ -73,7 +75,8 @@ def item_fingerprint(item) -> str:
 
 _SHORT = {"steps": "steps", "gen_length": "gen", "block_length": "block", "temperature": "temp",
           "remasking": "", "cfg_scale": "cfg", "cache": "cache-", "threshold": "thr", "factor": "fac",
-          "confidence_eos_eot_inf": "eoslast"}
+          "confidence_eos_eot_inf": "eoslast", "early_stop": "eosstop", "suffix_window": "win",
+          "suffix_tail": "tail", "suffix_dropout": "drop", "threshold_alpha": "alpha"}
 
 
 def config_name(settings: dict, default_sampler: dict) -> str:

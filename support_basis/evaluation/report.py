@@ -47,6 +47,7 @@ def collect(out_dir: Path) -> list[dict]:
         except (KeyError, TypeError) as err:
             raise UserError(f"{path} is not a run summary (no field {err}); re-run that configuration to rewrite "
                             "it, or delete its directory") from None
+        _check_numbers(path, rows[-1])
     by_name = {(r["task"], r["config"]): r for r in rows}
     for r in rows:
         # the exact run of the same protocol and sampler settings, else the protocol's default exact run
@@ -61,6 +62,31 @@ def collect(out_dir: Path) -> list[dict]:
     order = {name: i for i, name in enumerate(TASKS)}
     rows.sort(key=lambda r: (r["protocol"] != "paper", order.get(r["task"], 99), _config_order(r["config"])))
     return rows
+
+
+def _check_numbers(path: Path, row: dict) -> None:
+    """The figures a table prints are what a run can write: shares in [0, 1], counts >= 0 (a hand-edited or damaged
+    summary would print nan or a negative count in one table and a number in another)."""
+    fix = "re-run that configuration to rewrite it, or delete its directory"
+
+    def share(value, name):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise UserError(f"{path}: {name} is {value!r}, not a share in [0, 1]; {fix}")
+
+    def count(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{path}: {name} is {value!r}, not a count >= 0; {fix}")
+
+    share(row["accuracy"], "accuracy")
+    share(row["stderr"], "stderr")
+    count(row["n"], "n")
+    count(row["unparsed"], "unparsed")
+    for parser, reading in row["by_parser"].items():
+        if not isinstance(reading, dict):
+            raise UserError(f"{path}: by_parser.{parser} is not an object; {fix}")
+        for key in ("accuracy", "stderr"):
+            if key in reading:
+                share(reading[key], f"by_parser.{parser}.{key}")
 
 
 def _exact_name(protocol: str) -> str:

@@ -52,7 +52,9 @@ def evaluate(
     mine.sort(key=lambda it: len(tokens[it.idx]))
     pad_id = pad_id_of(tokenizer)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    sampled = settings["temperature"] > 0 or settings["remasking"] == "random"
+    # sampled settings (and DPad's dropout, drawn once per call) run one item per call: a result never depends on
+    # the batch it was decoded in
+    sampled = settings["temperature"] > 0 or settings["remasking"] == "random" or bool(settings.get("suffix_dropout"))
     per_call = 1 if sampled else batch_size
     bar = tqdm(total=len(mine), desc=f"{task.name} {store.dir.name}", unit="item", disable=not progress or rank != 0,
                dynamic_ncols=True)
@@ -63,12 +65,8 @@ def evaluate(
         generator = torch.Generator(device=device).manual_seed(item_seed(settings["seed"], batch[0])) \
             if sampled else None
         ids, mask = (t.to(device) for t in left_pad([tokens[it.idx] for it in batch], pad_id))
-        out, nfe = generate(model, ids, mask, steps=settings["steps"], gen_length=settings["gen_length"],
-                            block_length=settings["block_length"], temperature=settings["temperature"],
-                            cfg_scale=settings["cfg_scale"], remasking=settings["remasking"], eot_token_id=eot,
-                            generator=generator, cache=settings.get("cache", "none"),
-                            threshold=settings.get("threshold"), factor=settings.get("factor"), return_nfe=True,
-                            confidence_eos_eot_inf=bool(settings.get("confidence_eos_eot_inf")))
+        out, nfe = generate(model, ids, mask, eot_token_id=eot, generator=generator, return_nfe=True,
+                            **sampler_arguments(settings))
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         records = [{**_record(task, it, text), "nfe": int(n)} for it, text, n in zip(batch, answers, nfe.tolist())]
         store.append(records)
@@ -80,8 +78,27 @@ def evaluate(
     seconds = time.perf_counter() - t0  # includes waiting for the slowest rank
     if rank != 0:
         return None
+    return _summarise(task, settings, store, wanted, len(done), seconds, world_size)
+
+
+def sampler_arguments(settings: dict) -> dict:
+    """``generate()``'s keyword arguments for a run's settings (a run.json written before an option holds none)."""
+    return dict(steps=settings["steps"], gen_length=settings["gen_length"], block_length=settings["block_length"],
+                temperature=settings["temperature"], cfg_scale=settings["cfg_scale"],
+                remasking=settings["remasking"], cache=settings.get("cache", "none"),
+                threshold=settings.get("threshold"), factor=settings.get("factor"),
+                confidence_eos_eot_inf=bool(settings.get("confidence_eos_eot_inf")),
+                early_stop=bool(settings.get("early_stop")), suffix_window=settings.get("suffix_window"),
+                suffix_tail=settings.get("suffix_tail"), suffix_dropout=settings.get("suffix_dropout"),
+                threshold_alpha=settings.get("threshold_alpha"))
+
+
+def _summarise(task: Task, settings: dict, store: RecordStore, wanted: set, resumed: int, seconds: float,
+               world_size: int) -> dict:
+    """Rank 0: score every rank's records of the ``wanted`` items and write ``summary.json``."""
+    done = resumed
     records = [r for r in store.merge() if r["idx"] in wanted]
-    new = len(records) - len(done)
+    new = len(records) - done
     summary = {
         "task": task.name,
         "title": task.source(settings.get("protocol", "paper")).title or task.title,
@@ -92,7 +109,7 @@ def evaluate(
         "model": settings["model"],
         "dataset": settings["data"],
         "items_this_run": new,
-        "resumed_items": len(done),
+        "resumed_items": done,
         "wall_seconds": seconds,
         "items_per_s": new / seconds if new and seconds > 0 else None,
         "mean_nfe": _mean([r["nfe"] for r in records if "nfe" in r]),

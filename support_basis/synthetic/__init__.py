@@ -1,4 +1,4 @@
-"""Synthetic tasks with exact answers for training and judging the shipped tiny LLaDA (``checkpoints/llada-tiny``).
+"""Synthetic tasks with exact answers for training and judging the shipped tiny LLaDA (``support_basis/checkpoints/llada-tiny``).
 
 ``problems``: the task family (key-value recall, largest/smallest, addition/subtraction), seeded, with a fixed
 held-out split. ``schemas``: one problem as a row of each benchmark's hub schema, so the unchanged runners

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..code_identity import CODE_RECORD, write_code
+from ..locking import DirLock
 from ..llada import CODE_FILES
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model")
@@ -34,10 +36,9 @@ def load_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def export_model(out: Path, model, tokenizer, source_dir: Path, code_dir: Path, link_code: bool,
-                 extra_files: dict[str, str]):
-    """Write a complete model directory at ``out`` (replacing it atomically). The remote-code files come from
-    ``code_dir``: relative symlinks with ``link_code`` (one source of truth inside a repository), else copies.
+def export_model(out: Path, model, tokenizer, source_dir: Path, extra_files: dict[str, str]):
+    """Write a complete model directory at ``out`` (replacing it atomically). The remote-code files are copies
+    of the package's code with their digest (:func:`support_basis.code_identity.write_code`).
     The tokenizer files are copied from ``source_dir`` (the model trained from) as they are, so their portable
     form (read by transformers 4.49 and 5.x) survives. ``extra_files``: name -> text written alongside."""
     out = Path(out)
@@ -51,13 +52,7 @@ def export_model(out: Path, model, tokenizer, source_dir: Path, code_dir: Path, 
         shutil.copyfile(source_dir / name, tmp / name)
     if not present:
         tokenizer.save_pretrained(tmp)
-    for name in CODE_FILES:  # save_pretrained may have copied the remote code already: replace it
-        target = (code_dir / name).resolve()
-        (tmp / name).unlink(missing_ok=True)
-        if link_code:
-            os.symlink(os.path.relpath(target, out.resolve()), tmp / name)
-        else:
-            shutil.copyfile(target, tmp / name)
+    write_code(tmp)  # save_pretrained may have copied the remote code already: replaced by the package's
     _portable_config(tmp / "config.json")
     for name, text in extra_files.items():
         (tmp / name).write_text(text)
@@ -71,7 +66,7 @@ def export_model(out: Path, model, tokenizer, source_dir: Path, code_dir: Path, 
 
 # What export_model writes into a model directory: a directory holding anything else is not training's to replace.
 EXPORT_MARKERS = ("training_args.json", "training_log.jsonl")
-_EXPORTED = set(CODE_FILES) | set(TOKENIZER_FILES) | set(EXPORT_MARKERS) | {
+_EXPORTED = set(CODE_FILES) | set(TOKENIZER_FILES) | set(EXPORT_MARKERS) | {CODE_RECORD,
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"}
 
 
@@ -91,33 +86,11 @@ def foreign_entries(out: Path) -> list[str]:
     return [n for n in names if n not in _EXPORTED and not (n.startswith("model-") and n.endswith(".safetensors"))]
 
 
-class RunLock:
-    """An exclusive lock on a training output (``OUT.state/lock``, holding the owner's pid and host), so that two
-    runs never write one ``--out``. ``acquire()`` returns None, or the holder's description when it is taken."""
+class RunLock(DirLock):
+    """The lock on a training output (``OUT.state/lock``), so that two runs never write one ``--out``."""
 
     def __init__(self, out: Path):
-        self.path = Path(str(Path(out)) + ".state") / "lock"
-        self._file = None
-
-    def acquire(self) -> str | None:
-        import fcntl
-        import socket
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            return holder
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        self._file = f
-        return None
+        super().__init__(Path(str(Path(out)) + ".state") / "lock")
 
     def release(self, keep_if: Path | None = None) -> None:
         """Drop the lock; where ``keep_if`` (the run's state file) does not exist, also remove the lock and its
@@ -130,8 +103,7 @@ class RunLock:
                 self.path.parent.rmdir()
             except OSError:  # not empty: the run's own files
                 pass
-        self._file.close()  # closing drops the flock
-        self._file = None
+        super().release()
 
 
 def _portable_config(path: Path):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..model_dir import MASK_TOKEN
+
 from ..evaluation.tasks import TASKS
 from ..synthetic import KINDS, to_row, training_problem
 
@@ -118,7 +120,8 @@ class JsonlSource:
 
     def __init__(self, path: str | Path, encoder: Encoder, seed: int, min_response: int = 0):
         self.encoder, self.seed, self.min_response = encoder, seed, min_response
-        self.rows = _read_rows(Path(path))
+        self.path = Path(path)
+        self.rows = _read_rows(self.path)
 
     def batch(self, step: int, batch_size: int, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.rows)
@@ -130,6 +133,17 @@ class JsonlSource:
             random.Random(f"{self.seed}:epoch{epoch}").shuffle(order)
             picked.append(self.rows[order[pos]])
         return collate([self._example(r) for r in picked], self.encoder.eos_id, self.min_response)
+
+    def check_lengths(self, limit: int) -> None:
+        """Every row fits the model's ``limit`` (``max_sequence_length``) with its EOS filling: else a
+        :class:`DataError` naming the row, before any training step."""
+        for n, row in enumerate(self.rows, 1):
+            e = self._example(row)
+            length = len(e.prompt) + max(len(e.answer), self.min_response)
+            if length > limit:
+                raise DataError(f"training data {self.path}, row {n}: {length} tokens (prompt {len(e.prompt)}, "
+                                f"response {len(e.answer)}), more than the model's max_sequence_length ({limit}); "
+                                "shorten or drop that row")
 
     def _example(self, row) -> Example:
         if isinstance(row, tuple):
@@ -157,11 +171,16 @@ def _read_rows(path: Path) -> list:
             raise DataError(f"training data {path}, line {n}: not JSON ({err.msg})") from None
         if isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
             rows.append((row["prompt"], row["response"]))
+            texts = [row["prompt"], row["response"]]
         elif isinstance(row, dict) and _valid_messages(row.get("messages")):
             rows.append(row["messages"])
+            texts = [m["content"] for m in row["messages"]]
         else:
             raise DataError(f"training data {path}, line {n}: expected {{\"prompt\": str, \"response\": str}} or "
                             "{\"messages\": [..., {\"role\": \"assistant\", \"content\": str}]}")
+        if any(MASK_TOKEN in t for t in texts):  # it would tokenise to the mask id: a target the model must never learn
+            raise DataError(f"training data {path}, line {n}: the text holds the mask token {MASK_TOKEN} (the position "
+                            "the model fills in, never an answer or a prompt); remove it from that row")
     if not rows:
         raise DataError(f"training data {path}: the file holds no rows")
     return rows

@@ -1,1 +1,0 @@
-../../LLaDA-8B-Instruct-BS/hybrid_fit.py
