@@ -157,8 +157,12 @@ common+=(${STREAM[@]+"${STREAM[@]}"})
 for task in $TASKS; do
     "$PYTHON" "scripts/run_$task.py" "${common[@]}" --configs "${configs[@]}" "${EXTRA[@]}" --check_flags
 done
-# one run_all.sh per --out at a time (each runner also locks its task folder); the lock drops when this script exits
+# one run_all.sh per --out at a time (each runner also locks its task folder); the lock drops when this script exits,
+# and a --out made only to hold it is removed again if nothing else was written (a runner refused its input)
+[ -d "$OUT" ] && OUT_EXISTED=1 || OUT_EXISTED=0
+unlock() { [ "$OUT_EXISTED" = 1 ] || [ -n "$(ls -A "$OUT" 2>/dev/null | grep -vx '.run_all.lock')" ] || rm -rf "$OUT"; }
 mkdir -p "$OUT"
+trap unlock EXIT
 exec 9>>"$OUT/.run_all.lock"
 flock -n 9 || die "--out $OUT is being written by another run_all.sh ($(cat "$OUT/.run_all.lock" 2>/dev/null)); wait for it to finish (a rerun then resumes), or give another --out"
 echo "process $$ on $(hostname)" > "$OUT/.run_all.lock"

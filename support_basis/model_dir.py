@@ -16,7 +16,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import UserError, read_json_object
+from .errors import UserError, one_line, read_json_object
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _MAX_HEADER = 100 << 20  # safetensors refuses headers above 100 MB
@@ -42,6 +42,7 @@ def check_model_dir(name: str, flag: str = "--model", *, llada: bool = True, tok
     :class:`UserError` naming the path, what is wrong and the fix.
     """
     if is_hub_id(name):
+        check_hub(name, flag)
         return None
     path = Path(name).expanduser()
     if not path.exists():
@@ -68,6 +69,34 @@ def check_model_dir(name: str, flag: str = "--model", *, llada: bool = True, tok
         if llada:
             _check_mask_token(path, cfg, vocab)
     return cfg
+
+
+def check_hub(name: str, flag: str = "--model") -> None:
+    """A hub id is reachable, or cached: asked once, with a short timeout, before anything loads (transformers
+    would otherwise retry for most of a minute offline). Offline with the files cached, the rest of the process
+    runs with ``HF_HUB_OFFLINE=1`` (no retries); offline without them, a :class:`UserError`."""
+    import os
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(name, timeout=10)
+            return
+        except Exception as err:  # noqa: BLE001  (offline, a firewall, an unknown or gated repo: said below)
+            reason = f"{type(err).__name__}: {one_line(str(err))[:160]}"
+            if getattr(getattr(err, "response", None), "status_code", None) in (401, 403, 404):
+                raise UserError(f"{_named(flag, name)}: the Hugging Face Hub has no such model, or it is gated "
+                                f"({reason}); check the name (or log in with `hf auth login`)") from None
+    if cached:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the cached snapshot, without a minute of retries
+        return
+    raise UserError(f"{_named(flag, name)}: the Hugging Face Hub cannot be reached ({reason}) and the model is not "
+                    "in the local cache; download it where the Hub is reachable (`hf download ORG/NAME --local-dir "
+                    "DIR`) and pass the directory")
 
 
 MASK_TOKEN = "<|mdm_mask|>"

@@ -156,3 +156,20 @@ def test_a_bias_that_requires_grad_runs_with_autograd(rng):
     assert bias.grad is not None and torch.isfinite(bias.grad).all()
     ref = hybrid_attention_reference(q, k, v, bias.detach(), exact_ratio=0.2, chebyshev_degree=6)
     assert (out.detach().double() - ref).abs().max() < 1e-3
+
+
+def test_an_unreachable_hub_id_is_one_line_within_seconds(monkeypatch):
+    """Offline and not cached: said at once (transformers' own retries took most of a minute)."""
+    import time
+
+    from support_basis.errors import UserError
+    from support_basis.model_dir import check_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="cannot be reached .HF_HUB_OFFLINE is set. and the model is not in the local"):
+        check_model_dir("nobody-here/no-such-model", "--model")
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online: unreachable here (one line), or reachable and no such model
+    with pytest.raises(UserError, match="cannot be reached|no such model"):
+        check_model_dir("nobody-here/no-such-model", "--model")
+    assert time.perf_counter() - t0 < 30
