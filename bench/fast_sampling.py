@@ -171,6 +171,8 @@ def error_table(model, ids, start, block_length, label):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all", choices=["all", "speed", "accuracy", "errors", "streaming", "pruned"])
+    p.add_argument("--plain-attentions", default="exact,hybrid 0.2/6",
+                   help="streaming part: the attentions whose plain (one token per forward) row runs (the slowest)")
     p.add_argument("--gen-lengths", type=int, nargs="+", default=None,
                    help="streaming part: answer lengths (default 128 256); pruned part: (default 512 1024)")
     p.add_argument("--quick", action="store_true",
@@ -272,6 +274,8 @@ def streaming_table(model, tokenizer, a, data) -> list[dict]:
                 model.config.hybrid_exact_ratio = ratio
                 base = {}
                 for name, options in STREAMING.items():
+                    if name == "plain" and attention not in a.plain_attentions.split(","):
+                        continue  # the slowest row by far (one token per forward): asked for per attention
                     settings = dict(task=task.name, model=str(model.name_or_path), exact_ratio=ratio,
                                     chebyshev_degree=model.config.hybrid_chebyshev_degree, steps=gen_length,
                                     gen_length=gen_length, block_length=a.block_length, temperature=0.0,
@@ -282,18 +286,19 @@ def streaming_table(model, tokenizer, a, data) -> list[dict]:
                                  progress=False)
                     row = dict(gen_length=gen_length, attention=attention, setting=name, accuracy=s["accuracy"],
                                n=s["n"], nfe=s["mean_nfe"], tokens_per_s=s["items_per_s"] * gen_length)
-                    base.setdefault("plain", row)
-                    if name == "fast-dllm":
-                        base["fast"] = row
-                    row["x_plain"] = row["tokens_per_s"] / base["plain"]["tokens_per_s"]
-                    row["x_fast"] = row["tokens_per_s"] / base["fast"]["tokens_per_s"] if "fast" in base else None
+                    if name in ("plain", "fast-dllm"):
+                        base[name] = row
+                    row["x_plain"] = row["tokens_per_s"] / base["plain"]["tokens_per_s"] if "plain" in base else None
+                    row["x_fast"] = (row["tokens_per_s"] / base["fast-dllm"]["tokens_per_s"] if "fast-dllm" in base
+                                     else None)
                     rows.append(row)
                     print(f"  gen {gen_length} {attention:>13} {name:>24}: accuracy {100 * row['accuracy']:6.2f}  "
-                          f"NFE {row['nfe']:6.2f}  {row['tokens_per_s']:9.1f} tokens/s  x{row['x_plain']:.1f} plain",
+                          f"NFE {row['nfe']:6.2f}  {row['tokens_per_s']:9.1f} tokens/s  x{row['x_plain'] or 0:.1f} plain",
                           flush=True)
     print_table(rows, [("gen_length", "gen", "d"), ("attention", "attention", "s"), ("setting", "setting", "s"),
                        ("accuracy", "accuracy", ".4f"), ("nfe", "mean NFE", ".2f"),
-                       ("tokens_per_s", "tokens/s", ".1f"), ("x_plain", "x plain", ".1f"), ("x_fast", "x Fast-dLLM", ".2f")])
+                       ("tokens_per_s", "tokens/s", ".1f"), ("x_plain", "x plain", ".1f"),
+                       ("x_fast", "x Fast-dLLM", ".2f")])
     return rows
 
 

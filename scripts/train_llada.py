@@ -6,7 +6,7 @@
         --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden-size 512 --max-sequence-length 512 --rope-theta 10000 \\
         --weight-tying
     python scripts/train_llada.py --model /tmp/llada-tiny-init --out support_basis/checkpoints/llada-tiny \\
-        --steps 15000 --batch-size 32 --lr 1e-3 --eval-every 1000 --eval-n 16 --save-every 500 --threads 2
+        --steps 15000 --batch-size 32 --lr 1e-3 --eval-every 1000 --eval-n 16 --save-every 500 --threads 2 --force
 
     # SFT of LLaDA-8B-Instruct-BS on a GPU, from a JSONL file of {"prompt", "response"} or {"messages"} rows:
     python scripts/train_llada.py --model models/LLaDA-8B-Instruct-BS --data sft.jsonl --out runs/sft \\

@@ -258,7 +258,7 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
     import torch
     from accelerate import PartialState
 
-    from ..process_group import import_before_joining, leave_process_group
+    from ..process_group import import_before_joining
 
     import_before_joining()  # before the group exists (see support_basis/process_group.py)
     # one process, or one of several under `accelerate launch --multi_gpu` / `torchrun`; without CUDA, accelerate
@@ -276,12 +276,49 @@ def main(task_name: str | None = None, argv=None) -> list[dict]:
                           state.process_index, state.num_processes) for s in runs]
     for store in stores:
         store.check_items(items, complete=a.limit is None or len(items) < a.limit)
-    if state.process_index == 0:  # one run per task folder at a time (the ranks of one run share it)
-        lock = DirLock(Path(a.out_dir) / task.name / ".lock")
-        holder = lock.acquire()
-        if holder is not None:
-            raise UserError(f"--out_dir {a.out_dir}: {task.name} is being written by {holder} ({lock.path}); wait "
-                            "for that run to finish (a rerun then resumes), or give another --out_dir")
+    lock = _lock_task_folder(Path(a.out_dir), task.name) if state.process_index == 0 else None
+    try:
+        return _run_configs(a, task, runs, stores, items, device, state)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_task_folder(out_dir: Path, task: str) -> "TaskLock":
+    """One run per ``OUT/<task>`` at a time (the ranks of one run share it): a :class:`UserError` naming the
+    holder, before the model loads."""
+    lock = TaskLock(out_dir, task)
+    holder = lock.acquire()
+    if holder is not None:
+        raise UserError(f"--out_dir {out_dir}: {task} is being written by {holder} ({lock.path}); wait for that "
+                        "run to finish (a rerun then resumes), or give another --out_dir")
+    return lock
+
+
+class TaskLock(DirLock):
+    """The lock file ``OUT/<task>/.lock``; released, it is removed with the folders it alone made (a run refused
+    after taking it leaves nothing behind)."""
+
+    def __init__(self, out_dir: Path, task: str):
+        super().__init__(out_dir / task / ".lock")
+        self._made = [d for d in (out_dir, out_dir / task) if not d.exists()]
+
+    def release(self) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)
+            for folder in reversed(self._made):
+                try:
+                    folder.rmdir()  # only if empty: a run's records stay
+                except OSError:
+                    pass
+        super().release()
+
+
+def _run_configs(a, task, runs, stores, items, device, state) -> list[dict]:
+    """Load the model once and evaluate every configuration (rank 0 returns the summaries)."""
+    import torch
+
+    from ..process_group import leave_process_group
     from ..loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(a.model_name, a.dtype, device, "--model_name", hybrid_kernel=a.kernel)
